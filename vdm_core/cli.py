@@ -1,0 +1,63 @@
+"""The ``vdm`` command: ``vdm <subcommand> --help`` for each job."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(args) -> None:
+    from .train import TrainConfig, train
+    from .unet3d import UNet3DConfig
+
+    model = UNet3DConfig(base_width=args.base_width, width_mults=tuple(args.width_mults),
+                         blocks_per_level=args.blocks_per_level)
+    cfg = TrainConfig(out=args.out, data=args.data, size=args.size, frames=args.frames, steps=args.steps,
+                      batch=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                      sample_every=args.sample_every, stride=args.stride, model=model)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    train(cfg, resume=args.resume, device=args.device)
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model on moving sprites or a folder of clips",
+                       description="Train a VDM (v-loss) and write a safetensors checkpoint. Defaults fit a "
+                                   "2-core CPU (16 frames of 16x16); raise --size/--base-width on a GPU.")
+    p.add_argument("--data", default="sprites", help="'sprites' (procedural) or a folder of clips")
+    p.add_argument("--size", type=int, default=16, help="training resolution (square), pixels")
+    p.add_argument("--frames", type=int, default=16, help="frames per training clip")
+    p.add_argument("--steps", type=int, default=6000, help="optimizer steps in total (resume counts on)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-width", type=int, default=32)
+    p.add_argument("--width-mults", type=int, nargs="+", default=[1, 2, 2])
+    p.add_argument("--blocks-per-level", type=int, default=1)
+    p.add_argument("--stride", type=int, default=1, help="frame stride when reading a folder of clips")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=0, help="write a sample GIF every N steps (0: never)")
+    p.add_argument("--resume", help="checkpoint to resume from (written by an earlier `vdm train`)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--out", "-o", required=True, help="checkpoint to write (.safetensors)")
+    p.set_defaults(func=_train)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="vdm", description="Video Diffusion Models: sample, extend, "
+                                     "interpolate and upscale clips; train models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train(sub)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Truncated cosine noise schedule in angle form, and the v-parameterization.
+
+Conventions (seed notes; ``../shared/vdm-reference.md`` §1):
+
+* ``z_φ = cos φ · x + sin φ · ε`` — variance preserving, ``α = cos φ``, ``σ = sin φ``.
+* ``v_φ = dz/dφ = cos φ · ε − sin φ · x``.
+* ``x̂ = cos φ · z − sin φ · v̂`` and ``ε̂ = sin φ · z + cos φ · v̂`` (exact inverses, no division).
+* Time ``t ∈ [0, 1]``, ``t = 0`` clean. The cosine schedule truncated to log-SNR ``λ ∈ [−20, 20]``
+  as in VDM (App. A) is linear in the angle: ``φ(t) = a·t + b`` with
+  ``b = atan(exp(−λ_max/2))`` and ``a = atan(exp(−λ_min/2)) − b``; ``λ = −2·log tan φ``.
+
+Angles are tensors of shape ``[B]``; they broadcast against video tensors ``[B, C, F, H, W]``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+LOGSNR_MIN = -20.0
+LOGSNR_MAX = 20.0
+PHI_MIN = math.atan(math.exp(-LOGSNR_MAX / 2))  # clean end, ≈ 4.54e-5
+PHI_MAX = math.atan(math.exp(-LOGSNR_MIN / 2))  # noise end, ≈ π/2 − 4.54e-5
+
+
+def phi_of_t(t: Tensor) -> Tensor:
+    """Angle ``φ(t) = a·t + b`` of the truncated cosine schedule, ``t ∈ [0, 1]``."""
+    return PHI_MIN + (PHI_MAX - PHI_MIN) * t
+
+
+def t_of_phi(phi: Tensor) -> Tensor:
+    """Inverse of :func:`phi_of_t`."""
+    return (phi - PHI_MIN) / (PHI_MAX - PHI_MIN)
+
+
+def logsnr_of_phi(phi: Tensor) -> Tensor:
+    """``λ = log(α²/σ²) = −2·log tan φ``."""
+    return -2.0 * torch.log(torch.tan(phi))
+
+
+def phi_of_logsnr(logsnr: Tensor) -> Tensor:
+    """``φ = atan(exp(−λ/2))``, the inverse of :func:`logsnr_of_phi`."""
+    return torch.atan(torch.exp(-0.5 * logsnr))
+
+
+def sampling_angles(steps: int, device=None) -> Tensor:
+    """``steps + 1`` angles uniform in φ, from the noise end ``PHI_MAX`` down to ``PHI_MIN``."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    return torch.linspace(PHI_MAX, PHI_MIN, steps + 1, dtype=torch.float64, device=device)
+
+
+def broadcast(phi: Tensor, like: Tensor) -> Tensor:
+    """Reshape a ``[B]`` (or scalar) angle to broadcast against ``like`` (``[B, ...]``)."""
+    phi = torch.as_tensor(phi, dtype=like.dtype, device=like.device)
+    if phi.ndim == 0:
+        return phi
+    return phi.reshape(phi.shape[0], *([1] * (like.ndim - 1)))
+
+
+def alpha_sigma(phi: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``(α, σ) = (cos φ, sin φ)`` broadcast against ``like``."""
+    p = broadcast(phi, like)
+    return torch.cos(p), torch.sin(p)
+
+
+def q_sample(x: Tensor, phi: Tensor, noise: Tensor) -> Tensor:
+    """Forward process ``z_φ = cos φ · x + sin φ · ε`` (VDM eq. 1 in angle form)."""
+    a, s = alpha_sigma(phi, x)
+    return a * x + s * noise
+
+
+def v_target(x: Tensor, noise: Tensor, phi: Tensor) -> Tensor:
+    """``v_φ = cos φ · ε − sin φ · x`` (seed: ``v = ∇_φ z_φ``)."""
+    a, s = alpha_sigma(phi, x)
+    return a * noise - s * x
+
+
+def x_from_v(z: Tensor, v: Tensor, phi: Tensor) -> Tensor:
+    """``x̂ = cos φ · z − sin φ · v̂``."""
+    a, s = alpha_sigma(phi, z)
+    return a * z - s * v
+
+
+def eps_from_v(z: Tensor, v: Tensor, phi: Tensor) -> Tensor:
+    """``ε̂ = sin φ · z + cos φ · v̂``."""
+    a, s = alpha_sigma(phi, z)
+    return s * z + a * v
+
+
+def eps_from_x(z: Tensor, x: Tensor, phi: Tensor) -> Tensor:
+    """``ε̃ = (z − cos φ · x̃) / sin φ`` — use after x̂ was clipped or guided (safe: φ ≥ PHI_MIN)."""
+    a, s = alpha_sigma(phi, z)
+    return (z - a * x) / s
