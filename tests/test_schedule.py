@@ -1,0 +1,100 @@
+"""The truncated cosine schedule in angle form and the x̂ / ε̂ / v identities (vdm-reference §1.1–1.3)."""
+import math
+
+import pytest
+import torch
+
+from vdm_core import schedule as S
+
+D = torch.float64
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
+
+
+def _angles(b, seed=1):
+    u = torch.rand(b, generator=torch.Generator().manual_seed(seed), dtype=D)
+    return S.phi_of_t(u)
+
+
+def test_endpoints_are_logsnr_plus_minus_20():
+    assert S.logsnr_of_phi(torch.tensor(S.PHI_MIN, dtype=D)).item() == pytest.approx(20.0, abs=1e-9)
+    assert S.logsnr_of_phi(torch.tensor(S.PHI_MAX, dtype=D)).item() == pytest.approx(-20.0, abs=1e-9)
+    assert S.PHI_MIN == pytest.approx(math.atan(math.exp(-10)), rel=1e-12)
+    assert S.PHI_MAX == pytest.approx(math.pi / 2 - S.PHI_MIN, abs=1e-12)
+    assert S.phi_of_t(torch.tensor(0.0, dtype=D)).item() == S.PHI_MIN
+    assert S.phi_of_t(torch.tensor(1.0, dtype=D)).item() == pytest.approx(S.PHI_MAX, abs=1e-15)
+
+
+def test_phi_of_t_is_linear_and_t_of_phi_inverts_it():
+    t = torch.linspace(0, 1, 11, dtype=D)
+    phi = S.phi_of_t(t)
+    d = phi.diff()
+    torch.testing.assert_close(d, torch.full_like(d, (S.PHI_MAX - S.PHI_MIN) / 10), rtol=0, atol=1e-14)
+    u = torch.rand(100, generator=torch.Generator().manual_seed(3), dtype=D)
+    torch.testing.assert_close(S.t_of_phi(S.phi_of_t(u)), u, rtol=0, atol=1e-14)
+    # logSNR decreases with t
+    assert (S.logsnr_of_phi(phi).diff() < 0).all()
+
+
+def test_logsnr_and_phi_are_inverse():
+    lam = torch.empty(200, dtype=D).uniform_(-20, 20, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(S.logsnr_of_phi(S.phi_of_logsnr(lam)), lam, rtol=0, atol=1e-10)
+    phi = _angles(200)
+    torch.testing.assert_close(S.phi_of_logsnr(S.logsnr_of_phi(phi)), phi, rtol=1e-12, atol=1e-15)
+    # λ = log(α²/σ²) with α = sqrt(sigmoid(λ)), σ = sqrt(sigmoid(−λ))
+    a, s = S.alpha_sigma(phi, phi)
+    torch.testing.assert_close(S.logsnr_of_phi(phi), torch.log(a**2 / s**2))
+    torch.testing.assert_close(a, torch.sigmoid(S.logsnr_of_phi(phi)).sqrt())
+
+
+def test_sampling_angles_uniform_from_noise_to_clean():
+    phis = S.sampling_angles(7)
+    assert phis.shape == (8,) and phis.dtype == D
+    assert phis[0].item() == pytest.approx(S.PHI_MAX) and phis[-1].item() == pytest.approx(S.PHI_MIN)
+    torch.testing.assert_close(phis.diff(), torch.full((7,), -(S.PHI_MAX - S.PHI_MIN) / 7, dtype=D))
+    with pytest.raises(ValueError, match="steps"):
+        S.sampling_angles(0)
+
+
+def test_round_trips_x_eps_v():
+    x, eps = _rand(6, 2, 3, 4, 4, seed=5), _rand(6, 2, 3, 4, 4, seed=6)
+    phi = _angles(6)
+    a, s = S.alpha_sigma(phi, x)
+    assert a.shape == (6, 1, 1, 1, 1)
+    torch.testing.assert_close(a**2 + s**2, torch.ones_like(a))
+    z = S.q_sample(x, phi, eps)
+    torch.testing.assert_close(z, a * x + s * eps)
+    v = S.v_target(x, eps, phi)
+    torch.testing.assert_close(v, a * eps - s * x)
+    torch.testing.assert_close(S.x_from_v(z, v, phi), x)
+    torch.testing.assert_close(S.eps_from_v(z, v, phi), eps)
+    torch.testing.assert_close(S.eps_from_x(z, x, phi), eps)
+    # v from x̂: (α z − x̂)/σ
+    torch.testing.assert_close((a * z - x) / s, v)
+
+
+def test_round_trips_at_the_schedule_ends():
+    x, eps = _rand(2, 1, 2, 3, 3, seed=7), _rand(2, 1, 2, 3, 3, seed=8)
+    phi = torch.tensor([S.PHI_MIN, S.PHI_MAX], dtype=D)
+    z = S.q_sample(x, phi, eps)
+    v = S.v_target(x, eps, phi)
+    torch.testing.assert_close(S.x_from_v(z, v, phi), x)
+    torch.testing.assert_close(S.eps_from_v(z, v, phi), eps)
+    torch.testing.assert_close(S.eps_from_x(z, x, phi), eps, rtol=1e-6, atol=1e-6)  # divides by σ ≈ 4.5e-5
+
+
+def test_v_is_dz_dphi():
+    x, eps = _rand(3, 1, 2, 2, 2, seed=9), _rand(3, 1, 2, 2, 2, seed=10)
+    phi = _angles(3)
+    # each element of clip b depends on φ_b only, so the JVP with tangent 1 is dz/dφ elementwise
+    _, dz = torch.autograd.functional.jvp(lambda p: S.q_sample(x, p, eps), phi, torch.ones_like(phi))
+    torch.testing.assert_close(dz, S.v_target(x, eps, phi))
+
+
+def test_broadcast_scalar_and_batch():
+    like = torch.zeros(4, 3, 2, 5, 5, dtype=torch.float32)
+    assert S.broadcast(torch.tensor(0.3), like).shape == ()
+    p = S.broadcast(torch.arange(4, dtype=D), like)
+    assert p.shape == (4, 1, 1, 1, 1) and p.dtype == torch.float32
