@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 
 from .unet3d import UNet3D, UNet3DConfig
 
@@ -53,13 +53,18 @@ def save(path, model: UNet3D, training: dict | None = None, *, ema: UNet3D | Non
         meta["train_state"] = json.dumps(train_state or {})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    data = save_bytes(tensors, metadata=meta)
+    # a unique temp name beside the target, opened like any new file so its mode follows the umask
+    # (mkstemp and safetensors' save_file both leave 0600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -68,34 +73,72 @@ def read(path) -> tuple[dict, dict[str, torch.Tensor]]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise CheckpointError(
-            f"{path.name} is a pickle/PyTorch .pt file; vdm_core loads safetensors only and never unpickles "
-            "files. Convert it with a trusted script, or use a checkpoint written by `vdm train`."
-        )
+    _check_safetensors_layout(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
-            f"{path.name} is not a readable safetensors file (truncated or corrupt?): {e}. "
-            "Re-download or re-export it."
+            f"{path.name} is not a readable safetensors file (corrupt?): {e}. Re-download or re-export it."
         ) from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{path.name} is a safetensors file from another program (no vdm_core metadata); "
             "it is not a VDM checkpoint. Pick a file written by `vdm train`."
         )
-    version = int(meta.get("format_version", "0"))
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        raise CheckpointError(f"{path.name} has an unreadable format_version "
+                              f"{meta.get('format_version')!r}; it is corrupt or not a vdm_core file") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path.name} has checkpoint format {version}, newer than this vdm_core understands "
             f"({FORMAT_VERSION}); update comfyui-vdm."
         )
     return meta, tensors
+
+
+def _check_safetensors_layout(path: Path) -> None:
+    """Tell pickles, cut-off files and other data apart before safetensors parses ``path``.
+
+    A safetensors file is ``N`` (u64, little-endian), an ``N``-byte JSON header starting with ``{``
+    whose ``data_offsets`` locate each tensor, then the tensor bytes.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+        n = int.from_bytes(head[:8], "little")
+        if len(head) == 9 and head[8:9] == b"{":
+            if 8 + n > size:
+                raise CheckpointError(
+                    f"{path.name} is truncated: its safetensors header needs {8 + n} bytes but the file has "
+                    f"{size}; the download or copy was cut off. Re-download or copy it again."
+                )
+            try:
+                f.seek(8)
+                header = json.loads(f.read(n))
+                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                          default=0)
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                raise CheckpointError(f"{path.name} has a corrupt safetensors header ({e}); re-download or "
+                                      "re-export it.") from None
+            if 8 + n + end > size:
+                raise CheckpointError(
+                    f"{path.name} is truncated: its tensors need {8 + n + end} bytes but the file has {size}; "
+                    "the download or copy was cut off. Re-download or copy it again."
+                )
+            return
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        raise CheckpointError(
+            f"{path.name} is a pickle/PyTorch .pt file; vdm_core loads safetensors only and never unpickles "
+            "files. Convert it with a trusted script, or use a checkpoint written by `vdm train`."
+        )
+    raise CheckpointError(
+        f"{path.name} is not a safetensors file (its first bytes are not a safetensors header): wrong file or "
+        "corrupt data. Pick a .safetensors checkpoint written by `vdm train`."
+    )
 
 
 def load(path=None, device=None, dtype=None) -> UNet3D:
@@ -110,10 +153,14 @@ def load(path=None, device=None, dtype=None) -> UNet3D:
         config = UNet3DConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path.name} has an unusable network config: {e}") from None
+    try:
+        training_info = json.loads(meta.get("training", "{}"))
+    except ValueError as e:
+        raise CheckpointError(f"{path.name} has unreadable training facts: {e}") from None
     model = UNet3D(config)
     weights = {k: v for k, v in tensors.items() if not k.startswith(TRAIN_PREFIX)}
     _load_weights(model, weights, path.name)
-    model.training_info = json.loads(meta.get("training", "{}"))
+    model.training_info = training_info
     model.eval().requires_grad_(False)
     return model.to(device=device, dtype=dtype)
 
