@@ -45,17 +45,44 @@ def add_train(sub) -> None:
     p.set_defaults(func=_train)
 
 
+def _info(args) -> None:
+    from .video_io import probe
+
+    info = probe(args.file)
+    audio = (f"yes ({info.audio_channels} channel{'s' * (info.audio_channels != 1)}, {info.audio_sample_rate} Hz)"
+             if info.has_audio else "no")
+    print(f"{args.file}\n"
+          f"  frames    {info.frames}\n"
+          f"  fps       {info.fps} ({float(info.fps):.3f})\n"
+          f"  size      {info.width}x{info.height} (width x height)\n"
+          f"  duration  {info.duration:.3f} s\n"
+          f"  audio     {audio}")
+
+
+def add_info(sub) -> None:
+    p = sub.add_parser("info", help="print a clip's frame count, frame rate, size, duration and audio",
+                       description="Print what a clip holds, read from its metadata (frames are not decoded). "
+                                   "FILE is .mp4, .webm, .gif, .mov, .mkv, .avi or a folder of PNG frames "
+                                   "(assumed 24 fps).")
+    p.add_argument("file", metavar="FILE", help="the clip to describe")
+    p.set_defaults(func=_info)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vdm", description="Video Diffusion Models: sample, extend, "
                                      "interpolate and upscale clips; train models.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train(sub)
+    add_info(sub)
     args = parser.parse_args(argv)
     try:
         args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (FileNotFoundError, ValueError) as e:  # bad input (VideoError is a ValueError): message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
