@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .guidance import (DEFAULT_GUIDANCE_WEIGHT, Observation, check_observation, reconstruction_guided_x,
                        replace_observed, set_observed)
-from .schedule import eps_from_x, sampling_angles, x_from_v
+from .schedule import sampling_angles
 
 Callback = Callable[[int, int, Tensor], None]
 
@@ -57,7 +57,7 @@ def _randn(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
 def ddim_step(z: Tensor, x: Tensor, phi_t: float, phi_s: float, eta: float = 0.0,
               generator: torch.Generator | None = None) -> Tensor:
     """``z_s = α_s x̃ + sqrt(σ_s² − c²)·ε̃ + c·ξ`` with ``ε̃`` recomputed from ``x̃`` (see module doc)."""
-    eps = eps_from_x(z, x, torch.tensor(phi_t))
+    eps = (z - math.cos(phi_t) * x) / math.sin(phi_t)  # ε̃ = (z_t − α_t x̃)/σ_t, angles in float64
     a_s, e, c = ddim_coefficients(phi_t, phi_s, eta)
     z_s = a_s * x + e * eps
     if c > 0:
@@ -129,7 +129,7 @@ def sample(model, noise: Tensor, *, steps: int, eta: float = 0.0, generator: tor
             x = reconstruction_guided_x(model, z, phi_t, observation, guidance_weight)
         else:
             v = model(z, torch.full((b,), phi_t, device=z.device)).float()
-            x = x_from_v(z, v, torch.tensor(phi_t))
+            x = math.cos(phi_t) * z - math.sin(phi_t) * v  # x̂ = α z − σ v̂
         if not torch.isfinite(x).all():
             what = "the guided prediction" if guide else "the model"
             raise FloatingPointError(
