@@ -10,19 +10,7 @@ from safetensors.torch import save_file
 
 from vdm_core import checkpoint
 from vdm_core.checkpoint import CheckpointError
-from vdm_core.unet3d import UNet3D, UNet3DConfig
-
-TINY = dict(base_width=8, width_mults=(1, 2), heads=2, resolution=8, frames=4)
-
-
-def tiny_model(seed=0, **kw) -> UNet3D:
-    """A tiny network with every weight (zero-initialised ones too) randomised, so outputs are non-trivial."""
-    torch.manual_seed(seed)
-    model = UNet3D(UNet3DConfig(**{**TINY, **kw}))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
+from vdm_core.unet3d import UNet3DConfig
 
 
 def inputs(batch=2):
@@ -31,8 +19,8 @@ def inputs(batch=2):
 
 
 @pytest.fixture
-def saved(tmp_path):
-    model = tiny_model()
+def saved(tmp_path, random_unet):
+    model = random_unet()
     path = tmp_path / "m.safetensors"
     checkpoint.save(path, model, {"data": "sprites", "steps": 12})
     return path, model
@@ -71,7 +59,7 @@ def test_saved_file_mode_follows_umask(saved):
     assert os.listdir(path.parent) == [path.name]  # no temp file left behind
 
 
-def test_failed_save_leaves_old_file_and_no_temp(saved, monkeypatch):
+def test_failed_save_leaves_old_file_and_no_temp(saved, monkeypatch, random_unet):
     path, model = saved
     before = path.read_bytes()
 
@@ -80,13 +68,13 @@ def test_failed_save_leaves_old_file_and_no_temp(saved, monkeypatch):
 
     monkeypatch.setattr(checkpoint.os, "replace", disk_full)
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.save(path, tiny_model(seed=3), {"steps": 99})
+        checkpoint.save(path, random_unet(seed=3), {"steps": 99})
     assert path.read_bytes() == before
     assert os.listdir(path.parent) == [path.name]
 
 
-def test_load_returns_ema_weights(tmp_path):
-    model, ema = tiny_model(0), tiny_model(1)
+def test_load_returns_ema_weights(tmp_path, random_unet):
+    model, ema = random_unet(0), random_unet(1)
     path = tmp_path / "ema.safetensors"
     checkpoint.save(path, model, ema=ema)
     loaded = checkpoint.load(path)
@@ -116,13 +104,13 @@ def _adam_steps(model, steps=3, seed=0):
     return opt
 
 
-def test_resume_state_round_trip(tmp_path):
-    model, ema = tiny_model(0), tiny_model(1).requires_grad_(False)
+def test_resume_state_round_trip(tmp_path, random_unet):
+    model, ema = random_unet(0), random_unet(1).requires_grad_(False)
     opt = _adam_steps(model, steps=3)
     path = tmp_path / "resume.safetensors"
     checkpoint.save(path, model, {"steps": 3}, ema=ema, optimizer=opt, train_state={"step": 3, "elapsed_s": 1.5})
 
-    model2, ema2 = tiny_model(5), tiny_model(6).requires_grad_(False)
+    model2, ema2 = random_unet(5), random_unet(6).requires_grad_(False)
     opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3, weight_decay=0.01, betas=(0.9, 0.99))
     state = checkpoint.load_train_state(path, model2, ema2, opt2)
     assert state == {"step": 3, "elapsed_s": 1.5}
@@ -154,9 +142,9 @@ def test_resume_state_round_trip(tmp_path):
     assert torch.equal(checkpoint.load(path).conv_in.weight, ema.conv_in.weight)
 
 
-def test_inference_only_file_refuses_to_resume(saved):
+def test_inference_only_file_refuses_to_resume(saved, random_unet):
     path, _ = saved
-    model, ema = tiny_model(), tiny_model()
+    model, ema = random_unet(), random_unet()
     opt = torch.optim.AdamW(model.parameters())
     with pytest.raises(CheckpointError, match="inference weights only"):
         checkpoint.load_train_state(path, model, ema, opt)
@@ -202,7 +190,7 @@ class _Marker:
 
 
 @pytest.mark.parametrize("writer", ["torch_zip", "torch_legacy", "pickle"])
-def test_pickle_is_refused_and_never_unpickled(tmp_path, writer):
+def test_pickle_is_refused_and_never_unpickled(tmp_path, writer, random_unet):
     marker = tmp_path / "unpickled.txt"
     path = tmp_path / "evil.pt"
     payload = {"state_dict": _Marker(marker)}
@@ -216,9 +204,9 @@ def test_pickle_is_refused_and_never_unpickled(tmp_path, writer):
     with pytest.raises(CheckpointError, match="pickle") as e:
         checkpoint.load(path)
     assert "never unpickles" in str(e.value)
-    model = tiny_model()
+    model = random_unet()
     with pytest.raises(CheckpointError, match="pickle"):
-        checkpoint.load_train_state(path, model, tiny_model(), torch.optim.AdamW(model.parameters()))
+        checkpoint.load_train_state(path, model, random_unet(), torch.optim.AdamW(model.parameters()))
     assert not marker.exists()
     # the marker really does fire when unpickled, so the check above means something
     pickle.loads(pickle.dumps(_Marker(marker))).close()
@@ -284,9 +272,9 @@ def _header_length(path) -> int:
 
 
 @pytest.mark.parametrize("low_bytes", [b"\x80", b"PK"])
-def test_valid_file_whose_header_length_looks_like_a_pickle(tmp_path, low_bytes):
+def test_valid_file_whose_header_length_looks_like_a_pickle(tmp_path, low_bytes, random_unet):
     """The first 8 bytes are the header length: 0x80 or 'PK' there is no sign of a pickle."""
-    path, model = tmp_path / "x.safetensors", tiny_model()
+    path, model = tmp_path / "x.safetensors", random_unet()
     checkpoint.save(path, model, {"pad": ""})
     modulus = 256 ** len(low_bytes)
     start = (int.from_bytes(low_bytes, "little") - _header_length(path)) % modulus

@@ -50,11 +50,24 @@ class UNet3DConfig:
         if self.spatial_attn_levels is None:
             self.spatial_attn_levels = tuple(range(1, len(self.width_mults)))
         self.spatial_attn_levels = tuple(int(i) for i in self.spatial_attn_levels)
-        if not self.width_mults:
-            raise ValueError("width_mults must list at least one level")
+        if not self.width_mults or min(self.width_mults) < 1:
+            raise ValueError(f"width_mults must list at least one level, each >= 1; got {self.width_mults}")
+        for name in ("channels", "blocks_per_level", "heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.base_width < 2 or self.base_width % 2:
+            raise ValueError(f"base_width must be even and positive (noise embedding), got {self.base_width}")
+        bad = [i for i in self.spatial_attn_levels if not 0 <= i < len(self.width_mults)]
+        if bad:
+            raise ValueError(f"spatial_attn_levels {bad} are not levels 0..{len(self.width_mults) - 1}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rel_pos_buckets < 4 or self.rel_pos_max_distance <= self.rel_pos_buckets // 4:
+            raise ValueError(f"need rel_pos_buckets >= 4 and rel_pos_max_distance > rel_pos_buckets // 4, got "
+                             f"{self.rel_pos_buckets} and {self.rel_pos_max_distance}")
         for w in self.widths:
-            if w % self.heads or w % _groups(w):
-                raise ValueError(f"width {w} must be divisible by heads={self.heads} and its group count")
+            if w % self.heads:
+                raise ValueError(f"width {w} must be divisible by heads={self.heads}")
 
     @property
     def widths(self) -> list[int]:
@@ -258,8 +271,15 @@ class UNet3D(nn.Module):
                 f"expected z of shape [B, {self.config.channels}, F, H, W], got {tuple(z.shape)}"
             )
         b, c, f, h, w = z.shape
-        phi = torch.as_tensor(phi, device=z.device, dtype=torch.float32).reshape(-1).expand(b)
-        independent = torch.as_tensor(independent_frames, device=z.device, dtype=torch.bool).reshape(-1).expand(b)
+        if not (f and h and w) or not z.is_floating_point():
+            raise ValueError(f"z must be a float tensor with at least one frame and pixel, got "
+                             f"{tuple(z.shape)} {z.dtype}")
+        phi = torch.as_tensor(phi, device=z.device, dtype=torch.float32).reshape(-1)
+        independent = torch.as_tensor(independent_frames, device=z.device, dtype=torch.bool).reshape(-1)
+        for name, t in (("phi", phi), ("independent_frames", independent)):
+            if t.numel() not in (1, b):
+                raise ValueError(f"{name} must have 1 or B={b} entries, got {t.numel()}")
+        phi, independent = phi.expand(b), independent.expand(b)
         emb = self.emb(phi_embedding(phi, self.config.base_width).to(self.dtype))
         emb = emb.repeat_interleave(f, dim=0)
 
