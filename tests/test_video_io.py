@@ -87,13 +87,16 @@ def test_round_trip_png_folder_is_exact(tmp_path):
     assert write_video(str(tmp_path / "slash") + "/", clip, 12).is_dir()
 
 
-def test_float_fps_snaps_to_ntsc_and_bad_fps_is_refused(tmp_path):
+def test_float_fps_snaps_to_ntsc_and_bad_fps_or_crf_is_refused(tmp_path):
     write_video(tmp_path / "a.mp4", smooth_clip(frames=3), 24000 / 1001)
     assert probe(tmp_path / "a.mp4").fps == NTSC
     for bad in (0, -1, float("nan"), "fast"):
         with pytest.raises(ValueError, match="fps"):
             write_video(tmp_path / "b.mp4", smooth_clip(frames=3), bad)
-    assert not (tmp_path / "b.mp4").exists()
+    for name, crf in (("b.mp4", 52), ("b.webm", -1), ("b.mp4", 18.5)):
+        with pytest.raises(ValueError, match="crf"):
+            write_video(tmp_path / name, smooth_clip(frames=3), 24, crf=crf)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
 
 
 @pytest.mark.parametrize("h, w", [(15, 15), (16, 16), (15, 16)])
@@ -127,19 +130,25 @@ def test_gif_warns_when_its_centisecond_delays_cannot_hold_the_rate(tmp_path):
 # ----------------------------------------------------------------------------------------------- audio
 
 
-@pytest.mark.parametrize("kind, rate, channels", [("mp4", 44100, 2), ("mp4", 16000, 1), ("webm", 48000, 1)])
-def test_audio_round_trip(tmp_path, kind, rate, channels):
+@pytest.mark.parametrize("kind, rate, channels, rate_back", [
+    ("mp4", 44100, 2, 44100), ("mp4", 16000, 1, 16000),
+    ("mp4", 37800, 2, 48000),  # not an AAC rate: resampled
+    ("webm", 48000, 1, 48000), ("webm", 44100, 2, 48000),  # opus decodes at 48 kHz
+])
+def test_audio_round_trip(tmp_path, kind, rate, channels, rate_back):
     if kind == "webm" and "libopus" not in av.codecs_available:
         pytest.skip("this PyAV build has no opus encoder")
     frames, fps = 8, Fraction(8)
     wave = chirp(1.0, rate, channels)
     path = write_video(tmp_path / f"a.{kind}", smooth_clip(frames), fps, Audio(wave, rate))
     info = probe(path)
-    assert info.has_audio and info.audio_channels == channels and info.audio_sample_rate == rate
+    assert info.has_audio and info.audio_channels == channels and info.audio_sample_rate == rate_back
     back = read_video(path).audio
-    assert back.sample_rate == rate
-    assert back.waveform.shape == (channels, rate)  # F / fps = 1 s
+    assert back.sample_rate == rate_back
+    assert back.waveform.shape == (channels, rate_back)  # F / fps = 1 s
     assert back.waveform.dtype == torch.float32
+    if rate_back != rate:
+        wave = F.interpolate(wave[None], size=rate_back, mode="linear")[0]
     assert corr(back.waveform, wave) > 0.95
     assert read_video(path, audio=False).audio is None
 
@@ -185,6 +194,33 @@ def test_bad_audio_is_refused_before_writing(tmp_path):
         with pytest.raises(ValueError, match="audio"):
             write_video(tmp_path / "a.mp4", clip, 8, bad)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, vcodec, pix_fmt", [("a.mkv", "libx264", "yuv420p"), ("a.mov", "mpeg4", "yuv420p"),
+                                                   ("a.avi", "mjpeg", "yuvj420p")])
+def test_reads_other_containers_with_packed_integer_audio(tmp_path, name, vcodec, pix_fmt):
+    """Clips made by PyAV directly (not write_video), with 16-bit PCM audio (packed, not float planar)."""
+    clip, rate, wave = indexed_clip(6), 16000, chirp(6 / 8, 16000, 1)
+    with av.open(str(tmp_path / name), "w") as c:
+        v = c.add_stream(vcodec, rate=8)
+        v.width, v.height, v.pix_fmt = 24, 16, pix_fmt
+        a = c.add_stream("pcm_s16le", rate=rate)
+        a.layout = "mono"
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(video_io._rgb24(clip[:, i]), format="rgb24")
+            frame.pts = i
+            c.mux(v.encode(frame))
+        sound = av.AudioFrame.from_ndarray((wave.numpy() * 32767).astype("int16"), format="s16", layout="mono")
+        sound.sample_rate, sound.pts = rate, 0
+        c.mux(a.encode(sound))
+        c.mux(v.encode())
+        c.mux(a.encode())
+    info = probe(tmp_path / name)
+    assert (info.frames, info.fps, info.width, info.height, info.audio_channels) == (6, 8, 24, 16, 1)
+    back = read_video(tmp_path / name)
+    assert indices(back.frames, total=6) == list(range(6))
+    assert back.audio.sample_rate == rate and back.audio.waveform.shape == (1, wave.shape[1])
+    assert (back.audio.waveform - wave).abs().max() < 1e-3
 
 
 # ------------------------------------------------------------------------------------------ read options

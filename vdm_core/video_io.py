@@ -116,7 +116,7 @@ def read_video(path, *, start=0, max_frames=None, stride=1, short_side=None, siz
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise ValueError(f"size must be (height, width) in pixels, got {size}")
     src = _source(path)
-    kept, t0, total = [], None, 0
+    kept, t0, total, sound = [], None, 0, None
 
     def keep(i: int, rgb: np.ndarray) -> bool:  # True when enough frames are kept
         frame = _resize(torch.from_numpy(rgb).permute(2, 0, 1).float() / 127.5 - 1, short_side, size)
@@ -132,10 +132,8 @@ def read_video(path, *, start=0, max_frames=None, stride=1, short_side=None, siz
         files = _png_files(src)
         total = len(files)
         for i, file in enumerate(files):
-            if wanted(i):
-                if keep(i, np.array(_png(file, load=True))):
-                    break
-        sound = None
+            if wanted(i) and keep(i, np.array(_png(file, load=True))):
+                break
     else:
         with _open(src) as container:
             stream = container.streams.video[0]
@@ -149,7 +147,6 @@ def read_video(path, *, start=0, max_frames=None, stride=1, short_side=None, siz
                         t0 = frame.time if frame.time is not None else offset + float(i / rate)
                     if keep(i, frame.to_ndarray(format="rgb24", interpolation=_TO_RGB)):
                         break
-        sound = None
         if kept and audio and has_audio:
             span = ((len(kept) - 1) * stride + 1) / rate  # frame-index span: robust to rounded timestamps
             sound = _read_audio(src, t0, t0 + float(span))
@@ -227,25 +224,18 @@ def _read_audio(src: Path, t0: float, t1: float) -> Audio:
         out = np.zeros((channels, n), np.float32)
         at = None  # sample index (relative to t0) where the next frame starts
         slack = float(stream.time_base or 0) * rate + 1  # timestamp resolution, in samples
-        try:
-            for packet in container.demux(stream):
-                for frame in packet.decode():
-                    if frame.time is not None:  # follow timestamps only across real gaps, not rounding
-                        stamp = round((frame.time - t0) * rate)
-                        at = stamp if at is None or abs(stamp - at) > slack else at
-                    at = 0 if at is None else at
-                    if at >= n:
-                        break
-                    x = _samples(frame)[:channels]
-                    lo, hi = max(0, -at), min(x.shape[1], n - at)
-                    if lo < hi:
-                        out[: x.shape[0], at + lo:at + hi] = x[:, lo:hi]
-                    at += x.shape[1]
-                else:
-                    continue
+        for frame in _decode(container, stream, src):
+            if frame.time is not None:  # follow timestamps across real gaps, not across their rounding
+                stamp = round((frame.time - t0) * rate)
+                at = stamp if at is None or abs(stamp - at) > slack else at
+            at = 0 if at is None else at
+            if at >= n:
                 break
-        except av.error.FFmpegError as e:
-            raise VideoError(f"the audio of {src} could not be decoded (corrupt or truncated?): {_why(e)}") from e
+            x = _samples(frame)
+            c, lo, hi = min(channels, x.shape[0]), max(0, -at), min(x.shape[1], n - at)
+            if lo < hi:
+                out[:c, at + lo:at + hi] = x[:c, lo:hi]
+            at += x.shape[1]
     return Audio(torch.from_numpy(out), rate)
 
 
@@ -301,11 +291,15 @@ def write_video(path, frames: Tensor, fps, audio: Audio | None = None, *, crf: i
     the edge pixels), ``.webm`` (vp9), ``.gif`` (a palette per frame, loops forever), or a path with no
     extension / ending in '/' for a folder of ``000000.png, 000001.png, ...``. ``crf`` is the h264/vp9
     quality (lower is better). ``audio`` is trimmed or zero-padded to exactly F / fps seconds and
-    encoded as aac (mp4) or opus (webm); gif and PNG folders drop it with a warning.
+    encoded as aac (mp4; at its own sample rate where AAC has it, else resampled to 48 kHz) or opus
+    (webm; opus always decodes at 48 kHz); gif and PNG folders drop it with a warning.
     """
     target, kind = _target(path)
     frames = _check_frames(frames, target)
     rate = _fps(fps)
+    top = {"mp4": 51, "webm": 63}.get(kind)
+    if top is not None and not (isinstance(crf, int) and 0 <= crf <= top):
+        raise ValueError(f"crf for {target} must be a whole number from 0 (best) to {top}, got {crf!r}")
     if audio is not None:
         audio = _check_audio(audio, target)
         if kind in ("gif", "png"):
@@ -324,7 +318,10 @@ def write_video(path, frames: Tensor, fps, audio: Audio | None = None, *, crf: i
             _encode(tmp, kind, frames, rate, audio, crf, target)
             os.replace(tmp, target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
     return target
 
@@ -410,7 +407,8 @@ def _encode(tmp: Path, kind: str, frames: Tensor, rate: Fraction, audio: Audio |
     if pad_h or pad_w:
         warnings.warn(f"{target}: h264 (yuv420p) needs even sizes; {w}x{h} was padded to {w + pad_w}x{h + pad_h} "
                       f"by repeating the edge pixels", stacklevel=3)
-    options = {"mp4": {"crf": str(crf), "x264-params": "chromaloc=1"}, "webm": {"crf": str(crf), "b": "0"}, "gif": {}}[kind]
+    options = {"mp4": {"crf": str(crf), "x264-params": "chromaloc=1"},  # centre-sited chroma, as swscale makes it
+               "webm": {"crf": str(crf), "b": "0"}, "gif": {}}[kind]
     if kind == "gif" and (100 / rate).denominator != 1:
         stored = Fraction(100, max(1, round(100 / rate)))
         warnings.warn(f"{target}: GIF frame delays are whole 1/100 s, so {rate} fps is stored as {stored} fps "
@@ -422,8 +420,8 @@ def _encode(tmp: Path, kind: str, frames: Tensor, rate: Fraction, audio: Audio |
         sound, layout = None, None
         if audio is not None:
             sound, layout = _add_audio_stream(container, _AUDIO_CODEC[kind], audio)
-            wave = audio.waveform[:, : round(n / rate * audio.sample_rate)]
-            wave = F.pad(wave, (0, round(n / rate * audio.sample_rate) - wave.shape[1])).numpy()
+            samples = round(n / rate * audio.sample_rate)  # exactly the clip's length
+            wave = F.pad(audio.waveform[:, :samples], (0, max(0, samples - audio.waveform.shape[1]))).numpy()
         for i in range(n):
             rgb = _rgb24(frames[:, i])
             if pad_h or pad_w:
