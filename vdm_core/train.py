@@ -147,4 +147,4 @@ def write_sample(model: UNet3D, path: Path, cfg: TrainConfig) -> None:
     noise = torch.randn((1, cfg.model.channels, cfg.frames, cfg.size, cfg.size),
                         generator=torch.Generator().manual_seed(0))
     clip = sample(model, noise.to(model.device), steps=cfg.sample_steps)
-    write_video(path, clip[0].cpu(), fps=8)
+    write_video(path, clip[0].cpu(), fps=10)  # GIF delays are whole 1/100 s: 10 fps is exact
