@@ -68,22 +68,75 @@ def add_info(sub) -> None:
     p.set_defaults(func=_info)
 
 
+def _run(args) -> int:
+    from .runner import run_workflow
+
+    written, failed = run_workflow(args.workflow, args.set, input_dir=args.input_dir, output_dir=args.output_dir,
+                                   server=args.server, device=args.device)
+    for path in written:
+        print(path)
+    if failed:
+        print(f"{len(failed)} clip(s) failed: " + ", ".join(clip.name for clip, _ in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_run(sub) -> None:
+    p = sub.add_parser("run", help="run an API-format ComfyUI workflow of VDM nodes without ComfyUI (or on a server)",
+                       description="Run a workflow exported from ComfyUI in API format (Workflow → Export (API); the "
+                                   "pack ships them in workflows/api/). VDM nodes and the core video nodes LoadVideo, "
+                                   "GetVideoComponents, CreateVideo and SaveVideo run here without ComfyUI; with "
+                                   "--server the workflow is queued on a running ComfyUI instead.")
+    p.add_argument("workflow", metavar="WORKFLOW.json", help="API-format workflow")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                   help="change an input value before running (repeatable). NODE is a node id, title or class "
+                        "type; a bare INPUT=VALUE sets it on every node that has it (e.g. --set steps=16, "
+                        "--set VDM_LoadModel.model_name=my.safetensors). Values are JSON or plain text.")
+    p.add_argument("--input-dir", metavar="DIR", help="run once per clip in DIR (the LoadVideo file replaced by each "
+                   "clip); outputs are named after the clips and clips whose output exists are skipped")
+    p.add_argument("--output-dir", "-o", metavar="DIR", default=".", help="where outputs go (default: .)")
+    p.add_argument("--server", metavar="URL", help="queue on a running ComfyUI (e.g. http://127.0.0.1:8188) and "
+                   "download its outputs, instead of running here")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available; not used with --server)")
+    p.set_defaults(func=_run)
+
+
+def _demo(args) -> int:
+    from .runner import demo
+
+    print(demo(args.out, steps=args.steps, device=args.device))
+    return 0
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="extend a sample sprite clip with the bundled model and write a video",
+                       description="Run the pack's extend example (workflows/api/extend.json): a 16-frame sprite "
+                                   "clip continued by 16 frames with the bundled model, written to OUT.")
+    p.add_argument("-o", "--out", default="vdm-demo.mp4", metavar="OUT", help="video to write: .mp4, .webm or .gif "
+                   "(default: vdm-demo.mp4)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the example's; fewer is faster and rougher)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.set_defaults(func=_demo)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vdm", description="Video Diffusion Models: sample, extend, "
                                      "interpolate and upscale clips; train models.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train(sub)
     add_info(sub)
+    add_run(sub)
+    add_demo(sub)
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        rc = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except (FileNotFoundError, ValueError) as e:  # bad input (VideoError is a ValueError): message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":
