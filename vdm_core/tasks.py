@@ -1,0 +1,459 @@
+"""Jobs as recipes: generate, extend, interpolate and upscale clips with one guided sampler.
+
+Every job is an observation ``y = A(x)`` of the output clip (DESIGN.md): extension knows the first
+frames, interpolation knows every k-th frame, upscaling knows every frame at low resolution (area
+average, ``guidance.downsample``); interpolate + upscale knows the keyframes at low resolution.
+
+Long clips are **time windows** of the model's native frame count, sampled one after the other
+(flat device memory). A window's observation holds what is known about its frames: input frames
+and frames already made by earlier windows exactly (``guidance.select_frames``), frames known only at
+low resolution through the downsampler. Each output frame is written by exactly one window (the
+first that contains it as unknown); known input frames are copied into the output unchanged.
+
+Frames larger than the model's native resolution are sampled as overlapping **spatial tiles**:
+at every step the model runs on each tile and the tiles' ``v̂`` are blended with raised-cosine
+weights that sum to one (MultiDiffusion-style), so tiles agree at every step instead of being stitched
+afterwards. With guidance each tile's forward is recomputed in the backward pass (activation
+checkpointing), so memory is one tile's activations however large the frame. The observation is
+always of the whole frame, so any integer upscale factor works with any tile size.
+
+Noise comes from a CPU ``torch.Generator`` seeded with ``seed + window index`` and is then moved to
+the model's device: the same seed gives the same clip on any device.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from . import guidance, sampling
+
+Callback = Callable[[int, int, Tensor], None]
+"""``callback(done, total, preview)``: ``done``/``total`` count tile-steps of the whole job (known up
+front); ``preview`` is x̂ of the current window, ``[C, F, H, W]`` in [-1, 1] on the CPU. Raising stops."""
+
+METHODS = ("reconstruction", "replacement", "both")
+RANGE_EPS = 1e-3  # clip values may overshoot [-1, 1] by this much (rounding in conversions)
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+
+
+def _int(name: str, value, minimum: int, hint: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}" + (f"; {hint}" if hint else ""))
+    return int(value)
+
+
+def check_clip(clip, name: str = "clip") -> None:
+    """Raise a ValueError unless ``clip`` is a non-empty finite ``[C, F, H, W]`` tensor in [-1, 1]."""
+    if not torch.is_tensor(clip):
+        raise ValueError(f"{name} must be a torch tensor [C, F, H, W], got {type(clip).__name__}")
+    if clip.ndim != 4:
+        raise ValueError(f"{name} must have shape [C, F, H, W] (one clip, no batch), got {tuple(clip.shape)}")
+    if clip.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(clip.shape)}); give at least one frame")
+    if not clip.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor in [-1, 1], got dtype {clip.dtype}")
+    if not torch.isfinite(clip).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    lo, hi = clip.min().item(), clip.max().item()
+    if lo < -1 - RANGE_EPS or hi > 1 + RANGE_EPS:
+        raise ValueError(f"{name} values must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}]; "
+                         "map [0, 1] images with 2·x − 1")
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """What to make from an input clip; jobs compose (interpolate + upscale in one sampling).
+
+    ``clip`` is ``[C, F, H, W]`` in [-1, 1] (never modified). ``new_frames`` extends the clip forward,
+    ``multiplier`` k gives ``(F − 1)·k + 1`` frames with the input at frames 0, k, 2k, …, ``factor`` s
+    makes frames s× larger. ``context``: known frames per extension window (default: half the
+    window); ``window``: frames per sampling window (default: the model's native frame count);
+    ``overlap``: frames shared by neighbouring interpolate/upscale windows (rounded up to whole
+    keyframe intervals); ``tile``: spatial tile size (default: the model's native resolution).
+    """
+
+    clip: Tensor
+    new_frames: int = 0
+    multiplier: int = 1
+    factor: int = 1
+    context: int | None = None
+    window: int | None = None
+    overlap: int | None = None
+    tile: int | None = None
+
+    def __post_init__(self):
+        check_clip(self.clip)
+        new = _int("new_frames", self.new_frames, 0)
+        k = _int("multiplier", self.multiplier, 1)
+        s = _int("factor", self.factor, 1)
+        if new == 0 and k == 1 and s == 1:
+            raise ValueError("the job asks for nothing: set new_frames ≥ 1 (extend), multiplier ≥ 2 "
+                             "(interpolate) or factor ≥ 2 (upscale)")
+        if new and (k > 1 or s > 1):
+            other = "interpolation" if k > 1 else "upscaling"
+            raise ValueError(f"extend cannot be combined with {other} in one job; run them one after the other")
+        if k > 1 and self.clip.shape[1] < 2:
+            raise ValueError(f"interpolation needs a clip of at least 2 frames, got {self.clip.shape[1]}")
+        if self.context is not None:
+            _int("context", self.context, 1)
+        if self.window is not None:
+            _int("window", self.window, 1)
+        if self.overlap is not None:
+            _int("overlap", self.overlap, 0)
+        if self.tile is not None:
+            _int("tile", self.tile, 1)
+
+    def output_shape(self) -> tuple[int, int, int, int]:
+        """``[C, F_out, H_out, W_out]`` of the result."""
+        c, f, h, w = self.clip.shape
+        return c, (f - 1) * self.multiplier + 1 + self.new_frames, h * self.factor, w * self.factor
+
+
+# ---------------------------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class Window:
+    """One sampling over output frames ``[start, stop)``; the tuples hold output frame indices."""
+
+    start: int
+    stop: int
+    exact: tuple[int, ...]  # known exactly: input frames, or frames made by an earlier window
+    low: tuple[int, ...]    # known only at low resolution (upscale)
+    new: tuple[int, ...]    # written by this window (every output frame is written once)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Time windows and spatial tiles (``(start, stop)`` row and column spans) of a job."""
+
+    shape: tuple[int, int, int, int]
+    windows: tuple[Window, ...]
+    rows: tuple[tuple[int, int], ...]
+    cols: tuple[tuple[int, int], ...]
+
+    @property
+    def tiles(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def total_steps(self, steps: int) -> int:
+        """Tile-steps of the whole job: windows × tiles × steps (the callback's ``total``)."""
+        return len(self.windows) * self.tiles * steps
+
+
+def _native(model) -> tuple[int | None, int | None]:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "frames", None), getattr(cfg, "resolution", None)
+
+
+def _window(model, window: int | None) -> int:
+    if window is not None:
+        return _int("window", window, 1)
+    frames, _ = _native(model)
+    if frames is None:
+        raise ValueError("the model has no config.frames to size the time windows; pass window=")
+    return int(frames)
+
+
+def _tile(model, tile: int | None) -> int | None:
+    if tile is not None:
+        return _int("tile", tile, 1)
+    _, res = _native(model)
+    return None if res is None else int(res)
+
+
+def spans(length: int, tile: int | None, overlap: int) -> tuple[tuple[int, int], ...]:
+    """Cover ``[0, length)`` with spans of ``tile`` overlapping by at least ``overlap``, evenly spread.
+    One span when the length fits in a tile (``tile=None``: never split)."""
+    if tile is None or length <= tile:
+        return ((0, length),)
+    n = math.ceil((length - overlap) / (tile - overlap))
+    starts = [round(i * (length - tile) / (n - 1)) for i in range(n)]
+    return tuple((s, s + tile) for s in starts)
+
+
+def _extend_windows(made: int, total: int, window: int, context: int) -> list[tuple[int, int]]:
+    """Autoregressive windows: ``context`` known frames then ``window − context`` new ones. A short
+    start (fewer frames made than ``context``) or the last window use more new/known frames to fill
+    the window; no window reaches past ``total``."""
+    wins = []
+    while made < total:
+        new = min(window - min(context, made), total - made)
+        known = min(made, window - new)
+        wins.append((made - known, made + new))
+        made += new
+    return wins
+
+
+def _grid_windows(total: int, grid: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """Windows that start and end on multiples of ``grid`` (keyframes), share at least ``overlap``
+    frames with the previous window (rounded up to whole intervals), and end on the last frame."""
+    m = (window - 1) // grid  # intervals per window
+    if m < 1:
+        raise ValueError(f"a window of {window} frames cannot span two keyframes {grid} frames apart; "
+                         f"use multiplier ≤ {window - 1} (or interpolate twice) or a window ≥ {grid + 1}")
+    n = (total - 1) // grid
+    if n <= m:
+        return [(0, total)]
+    shared = min(-((1 - overlap) // grid), m - 1)  # ceil((overlap − 1)/grid) intervals (−1: disjoint)
+    starts, s = [], 0
+    while s + m < n:
+        starts.append(s)
+        s += m - shared
+    starts.append(n - m)
+    return [(a * grid, (a + m) * grid + 1) for a in starts]
+
+
+def _assign(wins, total: int, exact: set[int], low: set[int]) -> tuple[Window, ...]:
+    made, out = set(exact), []
+    for a, b in wins:
+        new = tuple(i for i in range(a, b) if i not in made)
+        out.append(Window(a, b, tuple(i for i in range(a, b) if i in made),
+                          tuple(i for i in new if i in low), new))
+        made.update(new)
+    assert len(made) == total, "windows must cover every output frame"
+    return tuple(out)
+
+
+def plan(model, job: Job) -> Plan:
+    """The windows and tiles ``run(model, job)`` will sample; raises ValueError for unusable settings."""
+    c, f, h, w = job.clip.shape
+    shape = job.output_shape()
+    total, k, s = shape[1], job.multiplier, job.factor
+    win = _window(model, job.window)
+    if job.new_frames:
+        if win < 2:
+            raise ValueError(f"extension needs windows of at least 2 frames, got window={win}")
+        context = win // 2 if job.context is None else job.context
+        if not 1 <= context < win:
+            raise ValueError(f"context must be at least 1 and smaller than the window ({win} frames), "
+                             f"got {context}")
+        wins = _extend_windows(f, total, win, context)
+        exact, low = set(range(f)), set()
+    else:
+        grid = k
+        if job.overlap is None:
+            overlap = ((win - 1) // grid // 2) * grid + 1 if k > 1 else win // 4
+        else:
+            overlap = job.overlap
+        if overlap >= win:
+            raise ValueError(f"overlap ({overlap} frames) must be smaller than the window ({win} frames)")
+        wins = _grid_windows(total, grid, win, overlap)
+        keys = set(range(0, total, k))
+        exact, low = (keys, set()) if s == 1 else (set(), keys)
+    tile = _tile(model, job.tile)
+    ov = 0 if tile is None else tile // 4
+    return Plan(shape, _assign(wins, total, exact, low), spans(shape[2], tile, ov), spans(shape[3], tile, ov))
+
+
+def _generate_plan(model, frames: int, height: int, width: int, channels: int, context, window, tile) -> Plan:
+    win = _window(model, window)
+    context = win // 2 if context is None else _int("context", context, 1)
+    if frames > win and not 1 <= context < win:
+        raise ValueError(f"context must be at least 1 and smaller than the window ({win} frames), got {context}")
+    tile = _tile(model, tile)
+    ov = 0 if tile is None else tile // 4
+    wins = _extend_windows(0, frames, win, context)
+    return Plan((channels, frames, height, width), _assign(wins, frames, set(), set()),
+                spans(height, tile, ov), spans(width, tile, ov))
+
+
+def total_steps(job: Job | tuple[int, int, int, int], model, steps: int, **kw) -> int:
+    """Tile-steps a job (or an unconditional ``(C, F, H, W)`` generation, ``kw``: context/window/tile)
+    will take: the ``total`` its callback reports."""
+    if isinstance(job, Job):
+        return plan(model, job).total_steps(steps)
+    c, f, h, w = job
+    return _generate_plan(model, f, h, w, c, kw.get("context"), kw.get("window"), kw.get("tile")).total_steps(steps)
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+def _blend_weights(sp: tuple[tuple[int, int], ...]) -> list[Tensor]:
+    """Per span, 1-D weights: 1 inside, raised-cosine ramps (sin², cos²) across each overlap with a
+    neighbour, normalised so the weights of all spans sum to one at every position."""
+    ws = [torch.ones(b - a, dtype=torch.float64) for a, b in sp]
+    for i in range(len(sp) - 1):
+        ov = sp[i][1] - sp[i + 1][0]
+        if ov > 0:
+            t = (torch.arange(ov, dtype=torch.float64) + 0.5) / ov
+            ws[i][-ov:] *= torch.cos(0.5 * math.pi * t) ** 2
+            ws[i + 1][:ov] *= torch.sin(0.5 * math.pi * t) ** 2
+    total = torch.zeros(sp[-1][1], dtype=torch.float64)
+    for (a, b), w in zip(sp, ws):
+        total[a:b] += w
+    return [(w / total[a:b]).float() for (a, b), w in zip(sp, ws)]
+
+
+class TiledModel:
+    """``v̂`` of frames larger than the model's tile: the model on every overlapping tile, blended
+    with :func:`_blend_weights` (``v̂ = Σ_tiles w_r w_c · model(z_tile)``). Under autograd each tile's
+    forward is checkpointed, so a guided step holds one tile's activations at a time."""
+
+    def __init__(self, model, rows, cols):
+        self.model, self.rows, self.cols = model, rows, cols
+        self.wr, self.wc = _blend_weights(rows), _blend_weights(cols)
+
+    def __call__(self, z: Tensor, phi: Tensor) -> Tensor:
+        v = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
+        grad = torch.is_grad_enabled() and z.requires_grad
+        for (r0, r1), wr in zip(self.rows, self.wr):
+            for (c0, c1), wc in zip(self.cols, self.wc):
+                zt = z[..., r0:r1, c0:c1]
+                vt = checkpoint(self.model, zt, phi, use_reentrant=False) if grad else self.model(zt, phi)
+                v[..., r0:r1, c0:c1] += vt.float() * (wr[:, None] * wc[None, :]).to(z.device)
+        return v
+
+
+def _device(model, fallback) -> torch.device:
+    """The model's device (``model.device``, else its first parameter's), else ``fallback`` (or CPU)."""
+    dev = getattr(model, "device", None)
+    if dev is None and isinstance(model, torch.nn.Module):
+        dev = next((p.device for p in model.parameters()), None)
+    return torch.device(dev if dev is not None else fallback if fallback is not None else "cpu")
+
+
+def _union(parts: list) -> guidance.Observation | None:
+    """One observation of several: ``y`` and ``A(x)`` are the parts' values flattened and concatenated,
+    so ``‖y − A(x)‖²`` is the sum of the parts' squared errors."""
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+
+    def operator(x: Tensor) -> Tensor:
+        return torch.cat([p.operator(x).flatten(1) for p in parts], dim=1)
+
+    y = torch.cat([p.y.flatten(1) for p in parts], dim=1)
+    return guidance.Observation(y=y, operator=operator, num_frames=parts[0].num_frames)
+
+
+def _observation(win: Window, out: Tensor, low: Tensor | None, k: int, s: int, device) -> guidance.Observation | None:
+    n, parts = win.stop - win.start, []
+    if win.exact:
+        y = out[:, list(win.exact)].unsqueeze(0).to(device)
+        parts.append(guidance.select_frames(y, tuple(i - win.start for i in win.exact), n))
+    if win.low:
+        y = low[:, [i // k for i in win.low]].unsqueeze(0).to(device)
+        obs = guidance.downsample(y, s)
+        if len(win.low) < n:
+            obs = guidance.select_frames(obs, tuple(i - win.start for i in win.low), n)
+        parts.append(obs)
+    return _union(parts)
+
+
+def _execute(model, p: Plan, out: Tensor, low: Tensor | None, k: int, s: int, *, steps, eta, guidance_weight,
+             method, seed, callback, device=None) -> Tensor:
+    """Sample ``p``'s windows in order into ``out`` (CPU ``[C, F_out, H_out, W_out]``, known frames
+    already in place); ``low``: the low-resolution input, output frame i ↔ its frame ``i // k``."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if s > 1 and method != "reconstruction":
+        raise ValueError(f"upscaling needs reconstruction guidance (method='reconstruction'); {method!r} "
+                         "only works for frames known exactly")
+    _int("steps", steps, 1)
+    _int("seed", seed, 0)
+    weight = guidance.DEFAULT_GUIDANCE_WEIGHT if guidance_weight is None else float(guidance_weight)
+    device = _device(model, device)
+    net = TiledModel(model, p.rows, p.cols) if p.tiles > 1 else model
+    c, _, h, w = p.shape
+    total, per_step = p.total_steps(steps), p.tiles
+    for i, win in enumerate(p.windows):
+        n = win.stop - win.start
+        gen = torch.Generator().manual_seed(seed + i)
+        noise = torch.randn((1, c, n, h, w), generator=gen).to(device)
+        done = i * steps * per_step
+        cb = None
+        if callback is not None:
+            def cb(step, _steps, x, done=done):
+                callback(done + step * per_step, total, x[0].detach().float().clamp(-1, 1).cpu())
+        x = sampling.sample(net, noise, steps=steps, eta=eta, generator=gen, callback=cb,
+                            observation=_observation(win, out, low, k, s, device),
+                            guidance_weight=weight, method=method)
+        x = x[0].detach().float().clamp(-1, 1).cpu()
+        out[:, list(win.new)] = x[:, [j - win.start for j in win.new]]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- jobs API
+
+
+def run(model, job: Job, *, steps: int = 50, eta: float = 0.0, guidance_weight: float | None = None,
+        method: str = "reconstruction", seed: int = 0, callback: Callback | None = None) -> Tensor:
+    """Sample ``job`` with ``model``; returns a CPU float32 ``[C, F_out, H_out, W_out]`` clip in [-1, 1].
+
+    ``guidance_weight`` is ``w_r`` of reconstruction guidance (None: ``guidance.DEFAULT_GUIDANCE_WEIGHT``);
+    ``method``: ``reconstruction`` | ``replacement`` | ``both`` (upscaling needs reconstruction).
+    """
+    p = plan(model, job)
+    clip = job.clip.detach().float().cpu()
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "channels", clip.shape[0]) != clip.shape[0]:
+        raise ValueError(f"the clip has {clip.shape[0]} channels but the model makes {cfg.channels}")
+    out = torch.zeros(p.shape)
+    f, k, s = clip.shape[1], job.multiplier, job.factor
+    if job.new_frames:
+        out[:, :f] = clip
+    elif s == 1:
+        out[:, ::k] = clip
+    return _execute(model, p, out, clip if s > 1 else None, k, s, steps=steps, eta=eta,
+                    guidance_weight=guidance_weight, method=method, seed=seed, callback=callback,
+                    device=job.clip.device)
+
+
+def generate(model, frames: int, height: int, width: int, *, channels: int | None = None, steps: int = 50,
+             eta: float = 0.0, seed: int = 0, callback: Callback | None = None, context: int | None = None,
+             window: int | None = None, tile: int | None = None, guidance_weight: float | None = None,
+             method: str = "reconstruction") -> Tensor:
+    """An unconditional ``[C, frames, height, width]`` clip. Longer than a window: the first window is
+    unconditional, the rest extend it (``context`` known frames each); larger than a tile: tiled."""
+    frames, height, width = (_int(n, v, 1) for n, v in (("frames", frames), ("height", height), ("width", width)))
+    cfg_channels = getattr(getattr(model, "config", None), "channels", None)
+    if channels is None:
+        channels = cfg_channels or 3
+    elif cfg_channels is not None and channels != cfg_channels:
+        raise ValueError(f"channels={channels} but the model makes {cfg_channels}")
+    p = _generate_plan(model, frames, height, width, channels, context, window, tile)
+    out = torch.zeros(p.shape)
+    return _execute(model, p, out, None, 1, 1, steps=steps, eta=eta, guidance_weight=guidance_weight,
+                    method=method, seed=seed, callback=callback)
+
+
+def extend(model, clip: Tensor, new_frames: int, *, context: int | None = None, window: int | None = None,
+           tile: int | None = None, steps: int = 50, eta: float = 0.0, guidance_weight: float | None = None,
+           method: str = "reconstruction", seed: int = 0, callback: Callback | None = None) -> Tensor:
+    """``clip`` followed by ``new_frames`` new frames: ``[C, F + new_frames, H, W]``; the input frames
+    are returned unchanged."""
+    _int("new_frames", new_frames, 1, "extend adds at least one frame")
+    job = Job(clip, new_frames=new_frames, context=context, window=window, tile=tile)
+    return run(model, job, steps=steps, eta=eta, guidance_weight=guidance_weight, method=method, seed=seed,
+               callback=callback)
+
+
+def interpolate(model, clip: Tensor, multiplier: int, *, window: int | None = None, overlap: int | None = None,
+                tile: int | None = None, steps: int = 50, eta: float = 0.0, guidance_weight: float | None = None,
+                method: str = "reconstruction", seed: int = 0, callback: Callback | None = None) -> Tensor:
+    """``[C, (F − 1)·multiplier + 1, H, W]``: the input frames at 0, k, 2k, … and new frames between."""
+    _int("multiplier", multiplier, 2, "multiplier 2 doubles the frame rate")
+    job = Job(clip, multiplier=multiplier, window=window, overlap=overlap, tile=tile)
+    return run(model, job, steps=steps, eta=eta, guidance_weight=guidance_weight, method=method, seed=seed,
+               callback=callback)
+
+
+def upscale(model, clip: Tensor, factor: int, *, window: int | None = None, overlap: int | None = None,
+            tile: int | None = None, steps: int = 50, eta: float = 0.0, guidance_weight: float | None = None,
+            method: str = "reconstruction", seed: int = 0, callback: Callback | None = None) -> Tensor:
+    """``[C, F, H·factor, W·factor]`` whose area average by ``factor`` matches ``clip`` (VDM eq. 8)."""
+    _int("factor", factor, 2, "factor 2 doubles width and height")
+    job = Job(clip, factor=factor, window=window, overlap=overlap, tile=tile)
+    return run(model, job, steps=steps, eta=eta, guidance_weight=guidance_weight, method=method, seed=seed,
+               callback=callback)
