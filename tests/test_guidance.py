@@ -267,10 +267,12 @@ def test_reconstruction_guidance_gets_the_conditional_mean_better_than_replaceme
         out = sample(model, noise, steps=20, observation=obs, method=method, guidance_weight=w,
                      generator=_gen(20), clip_x=False)
         err[method, w] = _regression_error(out, y, unknown, known, model.cov)
-    repl = err["replacement", 0.0]  # measured: ≈ 0.68
-    assert repl > 0.4  # replacement really misses the conditional mean (VDM §3.1)
-    for key in [("reconstruction", 2.0), ("reconstruction", 8.0), ("both", 8.0)]:
-        assert err[key] < 0.6 * repl, (key, err)
+    # over 4 other seeds: replacement 0.66-0.75; w_r = 2: 0.51-0.54 of it; w_r = 8: 0.11-0.15; both: 0.33-0.40
+    repl = err["replacement", 0.0]
+    assert repl > 0.4, err  # replacement really misses the conditional mean (VDM §3.1)
+    assert err["reconstruction", 2.0] < 0.7 * repl, err
+    assert err["reconstruction", 8.0] < 0.5 * repl, err
+    assert err["both", 8.0] < 0.5 * repl, err
 
 
 def test_observation_error_falls_as_the_guidance_weight_grows():
