@@ -231,7 +231,7 @@ def test_callback_reports_every_tile_step_and_an_exception_stops_the_job():
 
 def test_generate_unconditional_then_extended():
     model = Gaussian(frames=4)
-    p = tasks._generate_plan(model, 9, 10, 9, 3, None, None, None)
+    p = tasks.generate_plan(model, 9, 10, 9)
     assert p.windows[0].exact == () and sorted(i for w in p.windows for i in w.new) == list(range(9))
     assert tasks.total_steps((3, 9, 10, 9), model, 2) == p.total_steps(2)
     out = tasks.generate(model, 9, 10, 9, steps=2, seed=3)

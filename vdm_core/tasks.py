@@ -256,7 +256,10 @@ def plan(model, job: Job) -> Plan:
     return Plan(shape, _assign(wins, total, exact, low), spans(shape[2], tile, ov), spans(shape[3], tile, ov))
 
 
-def _generate_plan(model, frames: int, height: int, width: int, channels: int, context, window, tile) -> Plan:
+def generate_plan(model, frames: int, height: int, width: int, *, channels: int = 3, context: int | None = None,
+                  window: int | None = None, tile: int | None = None) -> Plan:
+    """The windows and tiles ``generate`` will sample (first window unconditional, the rest extend it)."""
+    frames, height, width = (_int(n, v, 1) for n, v in (("frames", frames), ("height", height), ("width", width)))
     win = _window(model, window)
     context = win // 2 if context is None else _int("context", context, 1)
     if frames > win and not 1 <= context < win:
@@ -274,7 +277,7 @@ def total_steps(job: Job | tuple[int, int, int, int], model, steps: int, **kw) -
     if isinstance(job, Job):
         return plan(model, job).total_steps(steps)
     c, f, h, w = job
-    return _generate_plan(model, f, h, w, c, kw.get("context"), kw.get("window"), kw.get("tile")).total_steps(steps)
+    return generate_plan(model, f, h, w, channels=c, **kw).total_steps(steps)
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -416,13 +419,12 @@ def generate(model, frames: int, height: int, width: int, *, channels: int | Non
              method: str = "reconstruction") -> Tensor:
     """An unconditional ``[C, frames, height, width]`` clip. Longer than a window: the first window is
     unconditional, the rest extend it (``context`` known frames each); larger than a tile: tiled."""
-    frames, height, width = (_int(n, v, 1) for n, v in (("frames", frames), ("height", height), ("width", width)))
     cfg_channels = getattr(getattr(model, "config", None), "channels", None)
     if channels is None:
         channels = cfg_channels or 3
     elif cfg_channels is not None and channels != cfg_channels:
         raise ValueError(f"channels={channels} but the model makes {cfg_channels}")
-    p = _generate_plan(model, frames, height, width, channels, context, window, tile)
+    p = generate_plan(model, frames, height, width, channels=channels, context=context, window=window, tile=tile)
     out = torch.zeros(p.shape)
     return _execute(model, p, out, None, 1, 1, steps=steps, eta=eta, guidance_weight=guidance_weight,
                     method=method, seed=seed, callback=callback)
