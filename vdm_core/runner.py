@@ -271,21 +271,31 @@ def _id_key(nid: str):
 
 
 class ProgressBar:
-    """A text progress bar on a stream: redrawn in place on a terminal, a line every 10 % otherwise."""
+    """A text progress bar on a stream (done/total, it/s, ETA): redrawn in place on a terminal, a line
+    every 5 % otherwise."""
 
     def __init__(self, label: str, stream=None):
         self.label, self.stream, self.last = label, stream or sys.stderr, -1
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start: tuple[float, int] | None = None  # (time, done) of the first report
 
     def __call__(self, done: int, total: int, preview=None) -> None:
         total = max(1, int(total))
         done = max(0, min(int(done), total))
-        tenth = done * 10 // total
-        if not self.tty and tenth == self.last:
+        now = time.monotonic()
+        if self.start is None:
+            self.start = (now, done)
+        step = done * 20 // total
+        if not self.tty and step == self.last:
             return
-        self.last = tenth
+        self.last = step
         fill = done * 30 // total
         line = f"{self.label} [{'#' * fill}{'.' * (30 - fill)}] {done}/{total}"
+        t0, d0 = self.start
+        if done > d0 and now > t0:
+            rate = (done - d0) / (now - t0)
+            eta = (total - done) / rate
+            line += f" {rate:.2f} it/s, ETA {int(eta) // 60}:{int(eta) % 60:02d}"
         self.stream.write(("\r" + line + ("\n" if done == total else "")) if self.tty else line + "\n")
         self.stream.flush()
 
