@@ -1,0 +1,449 @@
+"""The example workflows (workflows/*.json in UI format, workflows/api/*.json in API format) and `vdm run`.
+
+The UI files are checked against the nodes' real schemas (the pack imported through tests/comfy_stubs.py):
+node ids, input and output names and types, links, and the positional ``widgets_values`` the frontend
+writes. Every API twin runs headless with a tiny random checkpoint at 2 steps, and the runner's batch mode,
+resume, --set errors and --server client (against a small fake ComfyUI) are exercised.
+"""
+import asyncio
+import base64
+import hashlib
+import importlib.util
+import json
+import sys
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from unittest import mock
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import torch
+
+import comfy_stubs
+from vdm_core import checkpoint, cli, data, runner, video_io
+from vdm_core.unet3d import UNet3D, UNet3DConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
+API_FILES = sorted((ROOT / "workflows" / "api").glob("*.json"))
+NAMES = [p.stem for p in UI_FILES]
+JOBS = {"generate", "extend", "interpolate", "upscale", "interpolate_upscale"}
+# (frames, width, height, fps) each example's video must have; the same with the tiny model at 2 steps
+EXPECTED = {"generate": (32, 16, 16, 8), "extend": (32, 16, 16, 8), "interpolate": (23, 16, 16, 16),
+            "upscale": (16, 16, 16, 8), "interpolate_upscale": (23, 16, 16, 16)}
+# inputs (in widget order) and outputs of the core nodes the examples use, as in ComfyUI 0.3.64
+CORE = {
+    "LoadVideo": ({"file": "COMBO"}, [("VIDEO", "VIDEO")]),
+    "GetVideoComponents": ({"video": "VIDEO"}, [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]),
+    "CreateVideo": ({"images": "IMAGE", "audio": "AUDIO", "fps": "FLOAT"}, [("VIDEO", "VIDEO")]),
+    "SaveVideo": ({"video": "VIDEO", "filename_prefix": "STRING", "format": "COMBO", "codec": "COMBO"}, []),
+}
+WIDGET_TYPES = {"INT", "FLOAT", "COMBO", "STRING", "BOOLEAN"}
+TINY = UNet3DConfig(base_width=8, width_mults=(1, 2), heads=2, resolution=16, frames=16)
+
+
+@pytest.fixture(scope="module")
+def schemas(tmp_path_factory):
+    """{node_id: Schema} of the pack's nodes, imported the way ComfyUI imports it (with stand-in modules)."""
+    models = tmp_path_factory.mktemp("models")
+    with mock.patch.dict(sys.modules, comfy_stubs.modules(str(models))):
+        name = "custom_nodes_comfyui-vdm_workflows"
+        spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
+        return {n.GET_SCHEMA().node_id: n.GET_SCHEMA() for n in nodes}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    checkpoint.save(path, UNet3D(TINY))
+    return path
+
+
+def load(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def vdm(*args):
+    return cli.main([str(a) for a in args])
+
+
+def probe(path):
+    info = video_io.probe(path)
+    return info.frames, info.width, info.height, float(info.fps)
+
+
+# ---------------------------------------------------------------------------------------------- the files
+
+
+def test_every_job_has_a_ui_workflow_and_an_api_twin():
+    assert JOBS | {"extend_video"} <= set(NAMES)
+    assert [p.name for p in API_FILES] == [p.name for p in UI_FILES]
+    for path in UI_FILES:
+        assert runner.is_ui_format(load(path)), path
+    for path in API_FILES:
+        runner.check_prompt(load(path), path.name)  # API format, links to existing nodes
+
+
+def _widgets(schema_or_core, node_type):
+    """[(input id, type, control_after_generate?)] of a node's widget inputs in the frontend's order."""
+    if node_type in CORE:
+        return [(k, t, False) for k, t in CORE[node_type][0].items() if t in WIDGET_TYPES]
+    out = []
+    for group in (False, True):  # required first, then optional, as INPUT_TYPES lists them
+        for i in schema_or_core.inputs:
+            t = i.io_type
+            if bool(i.optional) == group and t in WIDGET_TYPES:
+                # the frontend adds a control widget to INT inputs that ask for one and to any INT named "seed"
+                control = t == "INT" and (bool(getattr(i, "control_after_generate", False)) or i.id == "seed")
+                out.append((i.id, t, control))
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_matches_the_nodes(name, schemas):
+    wf = load(ROOT / "workflows" / f"{name}.json")
+    assert wf["version"] == 0.4 and {"last_node_id", "last_link_id", "groups", "config", "extra"} <= set(wf)
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
+        assert link_id in nodes[src]["outputs"][src_slot]["links"]
+        assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
+        assert nodes[src]["outputs"][src_slot]["type"] == typ == nodes[dst]["inputs"][dst_slot]["type"]
+    for node in wf["nodes"]:
+        t = node["type"]
+        assert node["mode"] == 0, f"{name}: node {node['id']} is muted or bypassed"
+        if t == "MarkdownNote":
+            continue
+        if t.startswith("VDM_"):
+            schema = schemas[t]
+            inputs = {i.id: i.io_type for i in schema.inputs}
+            outputs = [(o.display_name or o.id, o.io_type) for o in schema.outputs]
+            options = {i.id: i.options for i in schema.inputs if i.io_type == "COMBO"}
+            limits = {i.id: (getattr(i, "min", None), getattr(i, "max", None)) for i in schema.inputs}
+        else:
+            assert t in CORE, f"{name}: unexpected node type {t}"
+            inputs, outputs, options, limits = CORE[t][0], CORE[t][1], {}, {}
+        for slot in node["inputs"]:
+            assert inputs.get(slot["name"]) == slot["type"], f"{name}: {t} has no input {slot['name']} ({slot['type']})"
+        assert [(o["name"], o["type"]) for o in node["outputs"]] == outputs, f"{name}: {t} outputs"
+        widgets = _widgets(schemas.get(t), t)
+        expected_len = len(widgets) + sum(c for *_, c in widgets) + (1 if t == "LoadVideo" else 0)  # upload button
+        values = list(node.get("widgets_values", []))
+        assert len(values) == expected_len, f"{name}: {t} widgets_values {values} vs widgets {widgets}"
+        for wid, typ, control in widgets:
+            value = values.pop(0)
+            if typ in ("INT", "FLOAT"):
+                assert isinstance(value, (int, float)) and not isinstance(value, bool)
+                lo, hi = limits.get(wid, (None, None))
+                assert (lo is None or value >= lo) and (hi is None or value <= hi), f"{name}: {t}.{wid}={value}"
+            if wid in options:
+                assert value in options[wid], f"{name}: {t}.{wid}={value!r} not in {options[wid]}"
+            if wid == "model_name":
+                assert value == "vdm-sprites-16 (bundled)", "examples must use the bundled model"
+            if control:
+                assert values.pop(0) == "fixed", f"{name}: {t}.{wid} must be 'fixed' so the example reproduces"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_twin_is_the_same_graph(name, schemas):
+    ui, api = load(ROOT / "workflows" / f"{name}.json"), load(ROOT / "workflows" / "api" / f"{name}.json")
+    runs = {str(n["id"]): n for n in ui["nodes"] if n["type"] != "MarkdownNote"}
+    assert {k: v["class_type"] for k, v in api.items()} == {k: v["type"] for k, v in runs.items()}
+    links = {link[0]: link for link in ui["links"]}
+    for nid, node in runs.items():
+        inputs = api[nid]["inputs"]
+        for slot in node["inputs"]:
+            if slot["link"] is not None:
+                _, src, src_slot, *_ = links[slot["link"]]
+                assert inputs[slot["name"]] == [str(src), src_slot]
+        values = [v for v in node.get("widgets_values", []) if v not in ("fixed", "image")]  # control / upload extras
+        linked = {s["name"] for s in node["inputs"] if s["link"] is not None}
+        for (wid, _, _), value in zip(_widgets(schemas.get(node["type"]), node["type"]), values):
+            if wid not in linked:
+                assert inputs[wid] == value, f"{name}: node {nid} {wid}"
+    runner.check_nodes(api)  # every node and input is one `vdm run` executes
+
+
+def test_shipped_extend_example_is_packaged():
+    assert load(ROOT / "vdm_core" / "workflows" / "extend.json") == load(ROOT / "workflows" / "api" / "extend.json")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"workflows/*.json"' in pyproject
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_api_workflow_runs_headless(name, tiny, tmp_path):
+    rc = vdm("run", ROOT / "workflows" / "api" / f"{name}.json", "--set", "steps=2",
+             "--set", f"model_name={tiny}", "--output-dir", tmp_path, "--device", "cpu")
+    assert rc == 0
+    (out,) = (tmp_path / "vdm").glob(f"{name}_*_.mp4")
+    assert out.name == f"{name}_00001_.mp4"
+    assert probe(out) == EXPECTED[name]
+
+
+def test_demo_writes_the_extend_example(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "BUNDLED", tiny)
+    assert vdm("demo", "-o", tmp_path / "demo.mp4", "--steps", "1", "--device", "cpu") == 0
+    assert probe(tmp_path / "demo.mp4") == EXPECTED["extend"]
+
+
+def write_clips(folder, seeds, frames=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        video_io.write_video(folder / f"clip{seed}.mp4", data.sprite_clip(seed, size=16, frames=frames), fps=8)
+
+
+def test_batch_over_a_folder_resumes(tiny, tmp_path, capsys):
+    clips, out = tmp_path / "in", tmp_path / "out"
+    write_clips(clips, [1, 2, 3])
+    (clips / "notes.txt").write_text("not a clip")
+    args = ["run", ROOT / "workflows" / "api" / "extend_video.json", "--input-dir", clips, "--output-dir", out,
+            "--set", "steps=1", "--set", "new_frames=2", "--set", f"model_name={tiny}", "--device", "cpu"]
+    assert vdm(*args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip1.mp4", "clip2.mp4", "clip3.mp4"]
+    assert probe(out / "clip2.mp4") == (6, 16, 16, 8)
+    # an interrupted batch: one output missing -> only that clip runs again
+    (out / "clip2.mp4").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert vdm(*args) == 0
+    err = capsys.readouterr().err
+    assert "skip clip1.mp4" in err and "skip clip3.mp4" in err and "--- clip2.mp4" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "clip2.mp4"} == before
+    assert probe(out / "clip2.mp4") == (6, 16, 16, 8)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_batch_goes_on_after_a_bad_clip(tiny, tmp_path, capsys):
+    clips, out = tmp_path / "in", tmp_path / "out"
+    write_clips(clips, [1])
+    (clips / "broken.mp4").write_bytes(b"not a video")
+    rc = vdm("run", ROOT / "workflows" / "api" / "extend_video.json", "--input-dir", clips, "--output-dir", out,
+             "--set", "steps=1", "--set", "new_frames=1", "--set", f"model_name={tiny}", "--device", "cpu")
+    assert rc == 1
+    assert [p.name for p in out.iterdir()] == ["clip1.mp4"]
+    assert "FAILED broken.mp4" in capsys.readouterr().err
+
+
+def test_input_dir_needs_a_load_video_node(tmp_path, capsys):
+    write_clips(tmp_path / "in", [1])
+    assert vdm("run", ROOT / "workflows" / "api" / "extend.json", "--input-dir", tmp_path / "in") == 2
+    assert "exactly one LoadVideo" in capsys.readouterr().err
+
+
+def test_ui_format_is_refused_with_a_pointer_to_the_api_twin(capsys):
+    assert vdm("run", ROOT / "workflows" / "extend.json") == 2
+    err = capsys.readouterr().err
+    assert "UI-format" in err and "Export (API)" in err and str(Path("workflows") / "api" / "extend.json") in err
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("nosuch.steps=2", "no node with id, title or class type 'nosuch'"),
+    ("4.nosuch=2", "has no input 'nosuch'"),
+    ("VDM_SampleDDIMv.nosuch=2", "has no input 'nosuch'"),
+    ("nosuch=2", "no node in the workflow has an input 'nosuch'"),
+    ("VDM_ExtendClip.frames=1", "is connected to node"),
+    ("steps", "write NODE.INPUT=VALUE"),
+])
+def test_set_errors_name_the_problem(assignment, message, capsys):
+    assert vdm("run", ROOT / "workflows" / "api" / "extend.json", "--set", assignment) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_set_by_id_title_class_and_bare_name():
+    prompt = load(ROOT / "workflows" / "api" / "extend.json")
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "VDM_SampleDDIMv")
+    title = prompt[sampler]["_meta"]["title"]
+    for key in (f"{sampler}.steps", f"{title}.steps", "VDM_SampleDDIMv.steps", "steps"):
+        assert runner.apply_sets(prompt, [f"{key}=3"])[sampler]["inputs"]["steps"] == 3
+    out = runner.apply_sets(prompt, ["VDM_SampleDDIMv.method=both", "eta=0.5", "filename_prefix=a/b"])
+    assert out[sampler]["inputs"]["method"] == "both" and out[sampler]["inputs"]["eta"] == 0.5
+    assert prompt[sampler]["inputs"]["method"] == "reconstruction"  # the original is not changed
+    length = [v["inputs"]["length"] for v in runner.apply_sets(prompt, ["length=5"]).values() if "length" in v["inputs"]]
+    assert length == [5, 5]  # Sprite Clip and the sampler both have `length`
+
+
+def test_unknown_nodes_and_bad_graphs_are_refused(tmp_path):
+    prompt = load(ROOT / "workflows" / "api" / "generate.json")
+    prompt["99"] = {"class_type": "KSampler", "inputs": {}}
+    save = next(k for k, v in prompt.items() if v["class_type"] == "SaveVideo")
+    prompt[save]["inputs"]["video"] = ["99", 0]
+    with pytest.raises(runner.WorkflowError, match="cannot execute KSampler headless"):
+        runner.run_prompt(prompt, runner.numbered_name(tmp_path))
+    prompt["99"] = {"class_type": "CreateVideo", "inputs": {"images": ["99", 0], "fps": 8}}
+    with pytest.raises(runner.WorkflowError, match="cycle"):
+        runner.run_prompt(prompt, runner.numbered_name(tmp_path))
+    del prompt[save]
+    with pytest.raises(runner.WorkflowError, match="no output node"):
+        runner.run_prompt(prompt, runner.numbered_name(tmp_path))
+
+
+def test_numbered_names_follow_comfyui(tmp_path):
+    name = runner.numbered_name(tmp_path)
+    assert name("6", "vdm/x", ".mp4") == tmp_path / "vdm" / "x_00001_.mp4"
+    (tmp_path / "vdm").mkdir()
+    (tmp_path / "vdm" / "x_00007_.mp4").write_bytes(b"")
+    assert name("6", "vdm/x", ".webm") == tmp_path / "vdm" / "x_00008_.webm"
+    with pytest.raises(runner.WorkflowError, match="outside"):
+        name("6", "../escape", ".mp4")
+
+
+# ---------------------------------------------------------------------------------------------- --server
+
+
+class FakeComfy:
+    """Just the parts of ComfyUI's HTTP API that `vdm run --server` uses: /upload/image, /prompt, /ws (progress
+    messages, a binary preview frame, then "executing" with node None), /history/<id> and /view."""
+
+    def __init__(self, fail_node=None, reject=False):
+        self.uploads, self.prompts, self.history, self.files = {}, [], {}, {}
+        self.fail_node, self.reject, self.sockets = fail_node, reject, []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def reply(self, code, body, ctype="application/json"):
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                url = urlsplit(self.path)
+                if url.path == "/ws":
+                    accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] +
+                                              "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+                    self.send_response(101)
+                    self.send_header("Upgrade", "websocket")
+                    self.send_header("Connection", "Upgrade")
+                    self.send_header("Sec-WebSocket-Accept", accept)
+                    self.end_headers()
+                    self.wfile.flush()
+                    fake.sockets.append(self.wfile)
+                    self.close_connection = True
+                    threading.Event().wait(5)  # keep the socket open while the prompt runs
+                elif url.path.startswith("/history/"):
+                    pid = url.path.rsplit("/", 1)[1]
+                    self.reply(200, {pid: fake.history[pid]} if pid in fake.history else {})
+                elif url.path == "/view":
+                    q = parse_qs(url.query)
+                    self.reply(200, fake.files[(q["subfolder"][0], q["filename"][0])], "video/mp4")
+                else:
+                    self.reply(404, {})
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/upload/image":
+                    name = body.split(b'filename="', 1)[1].split(b'"', 1)[0].decode()
+                    fake.uploads[name] = body
+                    self.reply(200, {"name": name, "subfolder": "", "type": "input"})
+                elif self.path == "/prompt":
+                    if fake.reject:
+                        self.reply(400, {"error": {"message": "Prompt outputs failed validation"}, "node_errors": {
+                            "1": {"class_type": "VDM_LoadModel", "errors": [{"message": "Value not in list",
+                                                                           "details": "model_name: 'x'"}]}}})
+                        return
+                    prompt = json.loads(body)["prompt"]
+                    pid = uuid.uuid4().hex
+                    fake.prompts.append(prompt)
+                    self.reply(200, {"prompt_id": pid, "number": len(fake.prompts)})
+                    fake.execute(pid, prompt)
+                else:
+                    self.reply(404, {})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def frame(opcode, payload):
+        return bytes([0x80 | opcode, len(payload)]) + payload if len(payload) < 126 else \
+            bytes([0x80 | opcode, 126]) + len(payload).to_bytes(2, "big") + payload
+
+    def execute(self, pid, prompt):
+        save = next(k for k, v in prompt.items() if v["class_type"] == "SaveVideo")
+        sampler = next(k for k, v in prompt.items() if v["class_type"] == "VDM_SampleDDIMv")
+        for ws in self.sockets[-1:]:
+            for i in (1, 2):
+                msg = {"type": "progress", "data": {"value": i, "max": 2, "node": sampler, "prompt_id": pid}}
+                ws.write(self.frame(0x1, json.dumps(msg).encode()))
+            ws.write(self.frame(0x2, b"\x00\x00\x00\x01" + b"jpeg" * 40))  # preview image: skipped
+            ws.flush()
+        self.finish(pid, prompt, save, sampler)
+        for ws in self.sockets[-1:]:
+            ws.write(self.frame(0x1, json.dumps({"type": "executing", "data": {"node": None, "prompt_id": pid}}).encode()))
+            ws.flush()
+
+    def finish(self, pid, prompt, save, sampler):
+        if self.fail_node:
+            self.history[pid] = {"status": {"status_str": "error", "completed": False, "messages": [
+                ["execution_error", {"node_id": sampler, "node_type": "VDM_SampleDDIMv",
+                                     "exception_type": "MemoryError", "exception_message": "out of memory"}]]},
+                                 "outputs": {}}
+            return
+        name = f"{prompt[save]['inputs']['filename_prefix'].split('/')[-1]}_{len(self.prompts):05d}_.mp4"
+        self.files[("vdm", name)] = f"video of prompt {pid}".encode()
+        self.history[pid] = {"status": {"status_str": "success", "completed": True, "messages": []},
+                             "outputs": {save: {"images": [{"filename": name, "subfolder": "vdm", "type": "output"}],
+                                                "animated": [True]}}}
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_server_mode_uploads_follows_progress_and_downloads(tmp_path, capsys):
+    clips, out = tmp_path / "in", tmp_path / "out"
+    write_clips(clips, [1, 2], frames=2)
+    fake = FakeComfy()
+    try:
+        args = ["run", ROOT / "workflows" / "api" / "extend_video.json", "--server", fake.url, "--input-dir", clips,
+                "--output-dir", out, "--set", "steps=3"]
+        assert vdm(*args) == 0
+        assert sorted(fake.uploads) == ["clip1.mp4", "clip2.mp4"]
+        loads = [next(v for v in p.values() if v["class_type"] == "LoadVideo") for p in fake.prompts]
+        assert [n["inputs"]["file"] for n in loads] == ["clip1.mp4", "clip2.mp4"]  # the uploaded names
+        assert all(next(v for v in p.values() if v["class_type"] == "VDM_SampleDDIMv")["inputs"]["steps"] == 3
+                   for p in fake.prompts)
+        assert sorted(p.name for p in out.iterdir()) == ["clip1.mp4", "clip2.mp4"]
+        assert (out / "clip1.mp4").read_bytes().startswith(b"video of")
+        err = capsys.readouterr().err
+        assert "[##############################] 2/2" in err and "no websocket" not in err
+        assert vdm(*args) == 0 and len(fake.prompts) == 2  # everything there: nothing queued again
+        # a single run keeps the server's subfolder and file name
+        assert vdm("run", ROOT / "workflows" / "api" / "extend.json", "--server", fake.url, "-o", out) == 0
+        assert (out / "vdm" / "extend_00003_.mp4").is_file()
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("problem, message", [
+    (dict(fail_node=True), "VDM_SampleDDIMv) failed: MemoryError: out of memory"),
+    (dict(reject=True), "node 1 (VDM_LoadModel): Value not in list: model_name: 'x'"),
+])
+def test_server_errors_are_reported(problem, message, tmp_path, capsys):
+    fake = FakeComfy(**problem)
+    try:
+        assert vdm("run", ROOT / "workflows" / "api" / "extend.json", "--server", fake.url, "-o", tmp_path) == 2
+        assert message in capsys.readouterr().err
+    finally:
+        fake.close()
+
+
+def test_unreachable_server(tmp_path, capsys):
+    assert vdm("run", ROOT / "workflows" / "api" / "extend.json", "--server", "http://127.0.0.1:9", "-o", tmp_path) == 2
+    assert "cannot reach ComfyUI" in capsys.readouterr().err
