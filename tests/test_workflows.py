@@ -239,6 +239,13 @@ def test_input_dir_needs_a_load_video_node(tmp_path, capsys):
     assert "exactly one LoadVideo" in capsys.readouterr().err
 
 
+def test_missing_input_clip_says_how_to_give_one(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert vdm("run", ROOT / "workflows" / "api" / "extend_video.json", "--set", f"model_name={tiny}") == 2
+    err = capsys.readouterr().err
+    assert "vdm_sprites.mp4 does not exist" in err and "--set file=PATH" in err and "--input-dir" in err
+
+
 def test_ui_format_is_refused_with_a_pointer_to_the_api_twin(capsys):
     assert vdm("run", ROOT / "workflows" / "extend.json") == 2
     err = capsys.readouterr().err

@@ -128,8 +128,8 @@ def load_video(file: str, upload: str | None = None) -> tuple[Video]:
     """LoadVideo: the whole clip (frames, frame rate, sound). ``upload`` is the UI's button, ignored."""
     path = Path(file)
     if not path.exists():
-        raise FileNotFoundError(f"LoadVideo: {path} does not exist (give a clip's path, or --input-dir FOLDER "
-                                "to run the workflow on every clip in a folder)")
+        raise FileNotFoundError(f"LoadVideo: {path} does not exist; give a clip with --set file=PATH, or "
+                                "--input-dir FOLDER to run the workflow on every clip in a folder")
     clip = video_io.read_video(path)
     audio = None if clip.audio is None else {"waveform": clip.audio.waveform[None], "sample_rate": clip.audio.sample_rate}
     return (Video(workflow.clip_to_image(clip.frames), float(clip.fps), audio),)
