@@ -10,7 +10,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..vdm_core import workflow
+from ..vdm_core import checkpoint, workflow
 from .common import VDMModel
 
 FOLDER = "vdm"
@@ -33,8 +33,9 @@ def register_folder() -> None:
 register_folder()
 
 
-class _Holder(torch.nn.Module):
-    """What the ModelPatcher manages: ComfyUI sets ``.device`` on it, which UNet3D exposes read-only."""
+class VDMNetwork(torch.nn.Module):
+    """What the ModelPatcher manages (named so in ComfyUI's log): ComfyUI sets ``.device`` on the module it
+    manages, which UNet3D exposes read-only, so the network rides inside this wrapper."""
 
     def __init__(self, network: torch.nn.Module):
         super().__init__()
@@ -67,9 +68,12 @@ class VDMLoadModel(io.ComfyNode):
     @classmethod
     def execute(cls, model_name: str, dtype: str = "auto") -> io.NodeOutput:
         device = mm.get_torch_device()
-        (model,) = workflow.load_model(
-            model_name, dtype, device=device,
-            resolve_path=lambda name: folder_paths.get_full_path_or_raise(FOLDER, name))
-        patcher = comfy.model_patcher.ModelPatcher(_Holder(model.network), load_device=device,
+        try:
+            (model,) = workflow.load_model(
+                model_name, dtype, device=device,
+                resolve_path=lambda name: folder_paths.get_full_path_or_raise(FOLDER, name))
+        except checkpoint.CheckpointError as e:  # shown as "ValueError: …", not under the pack's module path
+            raise ValueError(f"Load VDM: {e}") from None
+        patcher = comfy.model_patcher.ModelPatcher(VDMNetwork(model.network), load_device=device,
                                                    offload_device=mm.unet_offload_device())
         return io.NodeOutput(dataclasses.replace(model, handle=patcher))
