@@ -130,9 +130,10 @@ def _sampling_args(p) -> None:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps per window (default: 50)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 ancestral (default: 0)")
     p.add_argument("--guidance", type=float, metavar="W_R", help="reconstruction guidance weight w_r "
-                   "(default: vdm_core.guidance.DEFAULT_GUIDANCE_WEIGHT)")
-    p.add_argument("--method", default="reconstruction", help="how known frames condition the sample: "
-                   "reconstruction (default), replacement or both; upscaling needs reconstruction")
+                   "(default: 16 for extend/interpolate, 4*factor^2 for upscaling)")
+    p.add_argument("--method", default="both",
+                   help="how known frames condition the sample: both (default, VDM: known frames replaced, "
+                   "the rest guided), reconstruction (guidance only) or replacement (no guidance; not for upscaling)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; same seed, same clip on any device")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--window", type=int, help="frames per sampling window (default: the model's native count)")

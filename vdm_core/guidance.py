@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEFAULT_GUIDANCE_WEIGHT: float = 8.0
+DEFAULT_GUIDANCE_WEIGHT = 16.0
 """Default ``w_r``. VDM used 9 (Kinetics) and 50 (BAIR) with a summed loss; a toy sprite model did best
 at 8 (interpolation) to 16 (upscaling) (vdm-reference §5.4)."""
 
@@ -150,10 +150,10 @@ def check_observation(observation: Observation, noise: Tensor, method: str) -> N
     if y.shape[0] not in (1, noise.shape[0]):
         raise ValueError(f"observation y has batch {y.shape[0]} but noise has batch {noise.shape[0]} "
                          f"(y's batch must equal it or be 1)")
-    if method != "reconstruction" and observation.frame_indices is None:
+    if method == "replacement" and observation.frame_indices is None:
         raise ValueError(
-            f"method {method!r} needs an observation that is a pure frame selection (select_frames of "
-            f"known frames); this observation is not (e.g. upscaling) — use method='reconstruction'"
+            "method 'replacement' needs an observation that is a pure frame selection (select_frames of "
+            "known frames); this observation is not (e.g. upscaling) — use method 'both' or 'reconstruction'"
         )
     with torch.no_grad():
         try:

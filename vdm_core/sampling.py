@@ -98,7 +98,9 @@ def sample(model, noise: Tensor, *, steps: int, eta: float = 0.0, generator: tor
     * ``"replacement"``: observed frames of ``z_t`` ← fresh ``α_t y + σ_t ξ`` every step, and of ``x̃``
       ← ``y``. Frame selections only.
     * ``"both"`` (VDM): replacement plus guidance of the generated frames; since ``x̃``'s observed
-      frames are then set to ``y``, the full gradient acts exactly as VDM's ``∇_{z^b_t}``.
+      frames are then set to ``y``, the full gradient acts exactly as VDM's ``∇_{z^b_t}``. Where nothing
+      is known exactly (an observation that is not a pure frame selection, e.g. upscaling) there is
+      nothing to replace and ``"both"`` is reconstruction guidance.
 
     ``guidance_weight`` is ``w_r`` (``>= 0``; 0 turns guidance off). Near the data end ``∂x̂/∂z ≈ I``,
     so on the observed values ``A(x̃) − y ≈ (1 − g)·(A(x̂) − y)`` with gain ``g = w_r·‖A Aᵀ‖`` (1 for a
@@ -119,7 +121,7 @@ def sample(model, noise: Tensor, *, steps: int, eta: float = 0.0, generator: tor
     if observation is not None:
         check_observation(observation, noise, method)
         guide = method in ("reconstruction", "both") and guidance_weight > 0
-        replace = method in ("replacement", "both")
+        replace = method == "replacement" or (method == "both" and observation.frame_indices is not None)
     phis = sampling_angles(steps).tolist()
     z = noise.float()
     b = z.shape[0]

@@ -354,18 +354,26 @@ def _observation(win: Window, out: Tensor, low: Tensor | None, k: int, s: int, d
     return _union(parts)
 
 
+def default_guidance_weight(factor: int = 1) -> float:
+    """``w_r`` used when none is given: ``guidance.DEFAULT_GUIDANCE_WEIGHT`` (16) for frames known exactly,
+    ``4·s²`` when frames are known at ``1/s`` resolution. Area averaging by ``s`` has gain ``‖AAᵀ‖ = 1/s²``,
+    so the same pull on low-resolution pixels needs ``s²`` times the weight; on the bundled model
+    (docs/benchmarks.md) ×2 was best at 16 among 4/16 and ×4 at 48 among 16/48."""
+    return guidance.DEFAULT_GUIDANCE_WEIGHT if factor == 1 else 4.0 * factor * factor
+
+
 def _execute(model, p: Plan, out: Tensor, low: Tensor | None, k: int, s: int, *, steps, eta, guidance_weight,
              method, seed, callback, device=None) -> Tensor:
     """Sample ``p``'s windows in order into ``out`` (CPU ``[C, F_out, H_out, W_out]``, known frames
     already in place); ``low``: the low-resolution input, output frame i ↔ its frame ``i // k``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if s > 1 and method != "reconstruction":
-        raise ValueError(f"upscaling needs reconstruction guidance (method='reconstruction'); {method!r} "
+    if s > 1 and method == "replacement":
+        raise ValueError("upscaling needs guidance (method 'both' or 'reconstruction'); 'replacement' "
                          "only works for frames known exactly")
     _int("steps", steps, 1)
     _int("seed", seed, 0)
-    weight = guidance.DEFAULT_GUIDANCE_WEIGHT if guidance_weight is None else float(guidance_weight)
+    weight = default_guidance_weight(s) if guidance_weight is None else float(guidance_weight)
     device = _device(model, device)
     net = TiledModel(model, p.rows, p.cols) if p.tiles > 1 else model
     c, _, h, w = p.shape
@@ -391,10 +399,10 @@ def _execute(model, p: Plan, out: Tensor, low: Tensor | None, k: int, s: int, *,
 
 
 def run(model, job: Job, *, steps: int = 50, eta: float = 0.0, guidance_weight: float | None = None,
-        method: str = "reconstruction", seed: int = 0, callback: Callback | None = None) -> Tensor:
+        method: str = "both", seed: int = 0, callback: Callback | None = None) -> Tensor:
     """Sample ``job`` with ``model``; returns a CPU float32 ``[C, F_out, H_out, W_out]`` clip in [-1, 1].
 
-    ``guidance_weight`` is ``w_r`` of reconstruction guidance (None: ``guidance.DEFAULT_GUIDANCE_WEIGHT``);
+    ``guidance_weight`` is ``w_r`` of reconstruction guidance (None: :func:`default_guidance_weight`);
     ``method``: ``reconstruction`` | ``replacement`` | ``both`` (upscaling needs reconstruction).
     """
     p = plan(model, job)
@@ -416,7 +424,7 @@ def run(model, job: Job, *, steps: int = 50, eta: float = 0.0, guidance_weight: 
 def generate(model, frames: int, height: int, width: int, *, channels: int | None = None, steps: int = 50,
              eta: float = 0.0, seed: int = 0, callback: Callback | None = None, context: int | None = None,
              window: int | None = None, tile: int | None = None, guidance_weight: float | None = None,
-             method: str = "reconstruction") -> Tensor:
+             method: str = "both") -> Tensor:
     """An unconditional ``[C, frames, height, width]`` clip. Longer than a window: the first window is
     unconditional, the rest extend it (``context`` known frames each); larger than a tile: tiled."""
     cfg_channels = getattr(getattr(model, "config", None), "channels", None)
@@ -432,7 +440,7 @@ def generate(model, frames: int, height: int, width: int, *, channels: int | Non
 
 def extend(model, clip: Tensor, new_frames: int, *, context: int | None = None, window: int | None = None,
            tile: int | None = None, steps: int = 50, eta: float = 0.0, guidance_weight: float | None = None,
-           method: str = "reconstruction", seed: int = 0, callback: Callback | None = None) -> Tensor:
+           method: str = "both", seed: int = 0, callback: Callback | None = None) -> Tensor:
     """``clip`` followed by ``new_frames`` new frames: ``[C, F + new_frames, H, W]``; the input frames
     are returned unchanged."""
     _int("new_frames", new_frames, 1, "extend adds at least one frame")
@@ -443,7 +451,7 @@ def extend(model, clip: Tensor, new_frames: int, *, context: int | None = None, 
 
 def interpolate(model, clip: Tensor, multiplier: int, *, window: int | None = None, overlap: int | None = None,
                 tile: int | None = None, steps: int = 50, eta: float = 0.0, guidance_weight: float | None = None,
-                method: str = "reconstruction", seed: int = 0, callback: Callback | None = None) -> Tensor:
+                method: str = "both", seed: int = 0, callback: Callback | None = None) -> Tensor:
     """``[C, (F − 1)·multiplier + 1, H, W]``: the input frames at 0, k, 2k, … and new frames between."""
     _int("multiplier", multiplier, 2, "multiplier 2 doubles the frame rate")
     job = Job(clip, multiplier=multiplier, window=window, overlap=overlap, tile=tile)
@@ -453,7 +461,7 @@ def interpolate(model, clip: Tensor, multiplier: int, *, window: int | None = No
 
 def upscale(model, clip: Tensor, factor: int, *, window: int | None = None, overlap: int | None = None,
             tile: int | None = None, steps: int = 50, eta: float = 0.0, guidance_weight: float | None = None,
-            method: str = "reconstruction", seed: int = 0, callback: Callback | None = None) -> Tensor:
+            method: str = "both", seed: int = 0, callback: Callback | None = None) -> Tensor:
     """``[C, F, H·factor, W·factor]`` whose area average by ``factor`` matches ``clip`` (VDM eq. 8)."""
     _int("factor", factor, 2, "factor 2 doubles width and height")
     job = Job(clip, factor=factor, window=window, overlap=overlap, tile=tile)

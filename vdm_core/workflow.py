@@ -308,7 +308,7 @@ def _fallbacks(network: UNet3D, window: int | None, tile: int | None, multiplier
 
 def sample_ddim_v(model: VDMModel, job: VDMJob | None = None, length: int = 16, width: int = 16,
                   height: int = 16, steps: int = DEFAULT_STEPS, eta: float = 0.0,
-                  guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, method: str = "reconstruction", seed: int = 0,
+                  guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, method: str = "both", seed: int = 0,
                   *, progress: Progress | None = None, load_model_to_device: DeviceLoader | None = None,
                   oom_errors: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,),
                   ) -> tuple[Tensor, float, dict | None]:
