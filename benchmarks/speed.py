@@ -22,6 +22,7 @@ import time
 import types
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from vdm_core.unet3d import UNet3D, UNet3DConfig
@@ -42,8 +43,22 @@ def matmul_gflops(n: int = 2048, runs: int = 5) -> tuple[float, float]:
     return tuple(2 * n**3 / min(t[i] for t in times) / 1e9 for i in (0, 1))
 
 
+def _cpu_attention_formulas() -> dict:
+    """FLOP formulas for the CPU flash-attention kernels, which FlopCounterMode does not know (it would count
+    0 for every unmasked ``scaled_dot_product_attention`` on CPU)."""
+    aten = torch.ops.aten
+    if not hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        return {}
+    return {
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *args, out_shape=None, **kw: flop_counter.sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *args, out_shape=None, **kw: flop_counter.sdpa_backward_flop_count(g, q, k, v),
+    }
+
+
 def count_flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
         fn()
     return counter.get_total_flops()
 
