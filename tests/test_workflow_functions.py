@@ -207,9 +207,9 @@ def test_interpolate_upscale_and_factor_3(model, sprites):
     out, out_fps, _ = wf.sample_ddim_v(model, both, steps=1)
     assert out.shape == (3, 16, 16, 3) and out_fps == 24.0
     (three,) = wf.upscale_video(frames=images[:1], fps=fps, factor=3)  # 8×8 → 24×24: tiles of 8 do not divide evenly
-    assert wf.sample_ddim_v(model, three, steps=1)[0].shape == (1, 24, 24, 3)
-    with pytest.raises(ValueError, match="needs method 'reconstruction'"):
-        wf.sample_ddim_v(model, three, steps=2, method="replacement")
+    assert wf.sample_ddim_v(model, three, steps=1, method="both")[0].shape == (1, 24, 24, 3)
+    with pytest.raises(ValueError, match="Sample DDIM-v: upscaling needs guidance"):
+        wf.sample_ddim_v(model, three, steps=1, method="replacement")
 
 
 def test_unconditional_is_seeded(model):

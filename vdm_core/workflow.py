@@ -325,9 +325,6 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None = None, length: int = 16, 
         raise ValueError(f"job must come from a VDM job node (Extend / Interpolate / Upscale), got {type(job).__name__}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if job is not None and job.job.factor > 1 and method != "reconstruction":
-        raise ValueError(f"this job upscales, which needs method 'reconstruction' (got {method!r}): replacement "
-                         "only works for frames known exactly")
     steps, seed = int(steps), int(seed) % 2**63  # torch generators take seeds below 2**64; tasks adds the window index
     load = load_model_to_device or _keep_on_device
 
