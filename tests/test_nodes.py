@@ -37,15 +37,21 @@ def comfy(tmp_path_factory):
     pack.parent.mkdir()
     pack.symlink_to(ROOT, target_is_directory=True)
     stubs = comfy_stubs.modules(str(models))
+    name = str(pack).replace(".", "_x_")
+    # only the stubs and the pack's own modules come and go (third-party modules first imported while
+    # the pack loads stay, so later tests never import them twice)
     with mock.patch.dict(sys.modules, stubs):
-        name = str(pack).replace(".", "_x_")
-        spec = importlib.util.spec_from_file_location(name, pack / "__init__.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        extension = asyncio.run(module.comfy_entrypoint())
-        nodes = asyncio.run(extension.get_node_list())
-        yield module, {n.GET_SCHEMA().node_id: n for n in nodes}, stubs, extension
+        try:
+            spec = importlib.util.spec_from_file_location(name, pack / "__init__.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            extension = asyncio.run(module.comfy_entrypoint())
+            nodes = asyncio.run(extension.get_node_list())
+            yield module, {n.GET_SCHEMA().node_id: n for n in nodes}, stubs, extension
+        finally:
+            added = {k: v for k, v in sys.modules.items() if k not in stubs and not k.startswith(name)}
+    sys.modules.update(added)
 
 
 def run(node, **inputs):
