@@ -1,6 +1,7 @@
 """Sample DDIM-v: runs a VDM job (or makes an unconditional clip) with the guided DDIM sampler."""
 from __future__ import annotations
 
+import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..vdm_core import workflow
@@ -69,5 +70,6 @@ class VDMSampleDDIMv(io.ComfyNode):
         images, fps, audio = workflow.sample_ddim_v(
             model, job, length=length, width=width, height=height, steps=steps, eta=eta,
             guidance_weight=guidance_weight, method=method, seed=seed,
-            progress=progress_hook(), load_model_to_device=load_to_device, oom_errors=oom_errors())
+            progress=progress_hook(), load_model_to_device=load_to_device,
+            check_interrupt=mm.throw_exception_if_processing_interrupted, oom_errors=oom_errors())
         return io.NodeOutput(images, fps, audio)

@@ -18,7 +18,7 @@ from vdm_core.unet3d import UNet3D, UNet3DConfig
 ROOT = Path(__file__).resolve().parents[1]
 NODE_IDS = {"VDM_LoadModel", "VDM_SampleDDIMv", "VDM_ExtendClip", "VDM_InterpolateFrames", "VDM_UpscaleVideo",
             "VDM_SpriteClip"}
-HOOKS = {"progress", "load_model_to_device", "oom_errors", "resolve_path", "device"}
+HOOKS = {"progress", "load_model_to_device", "check_interrupt", "oom_errors", "resolve_path", "device"}
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +202,10 @@ def test_cancel_stops_sampling_and_resets(comfy):
     with pytest.raises(mm.InterruptProcessingException):
         run(nodes["VDM_SampleDDIMv"], model=model, length=4, width=8, height=8, steps=5)
     assert seen == [1] and not mm.processing_interrupted()
+    mm.interrupt_current_processing(True)  # Cancel pressed before the first step ends: no step completes
+    with pytest.raises(mm.InterruptProcessingException):
+        run(nodes["VDM_SampleDDIMv"], model=model, length=4, width=8, height=8, steps=5)
+    assert seen == [1]
     utils.set_progress_bar_global_hook(None)
     out = run(nodes["VDM_SampleDDIMv"], model=model, length=2, width=8, height=8, steps=1)[0]
     assert out.shape == (2, 8, 8, 3)

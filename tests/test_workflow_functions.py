@@ -232,6 +232,27 @@ def test_progress_can_cancel(model):
         wf.sample_ddim_v(model, None, length=2, width=8, height=8, steps=3, progress=cancel)
 
 
+def test_interrupt_check_before_every_tile(model):
+    calls, steps = [], []
+    wf.sample_ddim_v(model, None, length=2, width=16, height=16, steps=2, check_interrupt=lambda: calls.append(1),
+                     progress=lambda d, t, p: steps.append(d))
+    assert len(calls) == 9 * 2 and steps == [9, 18]  # 3×3 tiles of 8 px per step
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_fifth():
+        calls.append(1)
+        if len(calls) == 5:
+            raise Cancelled
+
+    calls.clear(), steps.clear()
+    with pytest.raises(Cancelled):
+        wf.sample_ddim_v(model, None, length=2, width=16, height=16, steps=2, check_interrupt=cancel_at_fifth,
+                         progress=lambda d, t, p: steps.append(d))
+    assert steps == []  # stopped inside the first step
+
+
 def test_device_hook_is_used(model):
     seen = []
 

@@ -263,6 +263,28 @@ def sprite_clip(seed: int = 0, size: int = 16, length: int = 16, fps: float = DE
 # ---------------------------------------------------------------------------------------------- sampling
 
 
+class _CancelPoints(torch.nn.Module):
+    """The network with ``check()`` before every forward (every tile of every step): a host's cancel
+    button then works within one tile, not only between whole steps. ``config``/``device``/``dtype`` as
+    the network's, for vdm_core.tasks."""
+
+    def __init__(self, network: UNet3D, check: Callable[[], None]):
+        super().__init__()
+        self.network, self.check, self.config = network, check, network.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.network.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.network.dtype
+
+    def forward(self, z: Tensor, phi: Tensor, **kwargs) -> Tensor:
+        self.check()
+        return self.network(z, phi, **kwargs)
+
+
 def _keep_on_device(model: VDMModel, memory_required: int) -> torch.nn.Module:
     return model.network
 
@@ -310,14 +332,15 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None = None, length: int = 16, 
                   height: int = 16, steps: int = DEFAULT_STEPS, eta: float = 0.0,
                   guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, method: str = "both", seed: int = 0,
                   *, progress: Progress | None = None, load_model_to_device: DeviceLoader | None = None,
-                  oom_errors: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,),
+                  check_interrupt: Callable[[], None] | None = None, oom_errors: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,),
                   ) -> tuple[Tensor, float, dict | None]:
     """Sample DDIM-v: run ``job`` (or, without one, make an unconditional ``length × height × width`` clip).
 
     Returns (IMAGE, fps, AUDIO or None). Runs with autograd available even when called inside
     ``torch.inference_mode`` (reconstruction guidance differentiates through the model). Out of memory
     (``oom_errors``): retried with half the tile, then half the window; then a MemoryError naming the
-    settings to lower. ``progress`` may raise to cancel; the exception propagates.
+    settings to lower. ``progress`` may raise to cancel, and so may ``check_interrupt()``, called before
+    every model evaluation (each tile of each step); the exception propagates.
     """
     if not isinstance(model, VDMModel):
         raise ValueError(f"model must come from Load VDM, got {type(model).__name__}")
@@ -345,6 +368,8 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None = None, length: int = 16, 
     clip, oom = None, None
     with torch.inference_mode(False):
         network = _normal_weights(load(model, estimate_memory(model.network, *shape)))
+        if check_interrupt is not None:
+            network = _CancelPoints(network, check_interrupt)
         for win, til in settings:
             try:
                 if job is None:
