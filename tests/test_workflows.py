@@ -271,9 +271,10 @@ def test_set_by_id_title_class_and_bare_name():
     title = prompt[sampler]["_meta"]["title"]
     for key in (f"{sampler}.steps", f"{title}.steps", "VDM_SampleDDIMv.steps", "steps"):
         assert runner.apply_sets(prompt, [f"{key}=3"])[sampler]["inputs"]["steps"] == 3
-    out = runner.apply_sets(prompt, ["VDM_SampleDDIMv.method=both", "eta=0.5", "filename_prefix=a/b"])
-    assert out[sampler]["inputs"]["method"] == "both" and out[sampler]["inputs"]["eta"] == 0.5
-    assert prompt[sampler]["inputs"]["method"] == "reconstruction"  # the original is not changed
+    before = json.dumps(prompt)
+    out = runner.apply_sets(prompt, ["VDM_SampleDDIMv.method=replacement", "eta=0.5", "filename_prefix=a/b"])
+    assert out[sampler]["inputs"]["method"] == "replacement" and out[sampler]["inputs"]["eta"] == 0.5
+    assert json.dumps(prompt) == before  # the original is not changed
     length = [v["inputs"]["length"] for v in runner.apply_sets(prompt, ["length=5"]).values() if "length" in v["inputs"]]
     assert length == [5, 5]  # Sprite Clip and the sampler both have `length`
 

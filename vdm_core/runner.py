@@ -124,8 +124,8 @@ class Video:
     audio: dict | None = None
 
 
-def load_video(file: str, upload: str | None = None) -> tuple[Video]:
-    """LoadVideo: the whole clip (frames, frame rate, sound). ``upload`` is the UI's button, ignored."""
+def load_video(file: str) -> tuple[Video]:
+    """LoadVideo: the whole clip (frames, frame rate, sound)."""
     path = Path(file)
     if not path.exists():
         raise FileNotFoundError(f"LoadVideo: {path} does not exist; give a clip with --set file=PATH, or "
@@ -151,12 +151,13 @@ def create_video(images: Tensor, fps: float, audio: dict | None = None, bit_dept
 
 
 CORE_INPUTS = {
-    "LoadVideo": {"file", "upload"},
+    "LoadVideo": {"file", "upload", "video-preview"},
     "GetVideoComponents": {"video"},
     "CreateVideo": {"images", "fps", "audio", "bit_depth"},
     "SaveVideo": {"video", "filename_prefix", "format", "codec"},
 }
-CORE_OUTPUTS = {"LoadVideo": 1, "GetVideoComponents": 3, "CreateVideo": 1, "SaveVideo": 0}
+UI_ONLY = {"upload", "video-preview"}
+"""Values of widgets the frontend adds to LoadVideo (upload button, player) and sends along; ComfyUI ignores them."""
 CORE_FUNCTIONS = {"LoadVideo": load_video, "GetVideoComponents": get_video_components, "CreateVideo": create_video}
 
 
@@ -341,7 +342,7 @@ def run_prompt(prompt: dict, save: Callable[[str, str, str], Path], *, device=No
                 written.append(_save_video(nid, save, **kwargs))
                 results[nid] = ()
             elif ct in CORE_FUNCTIONS:
-                results[nid] = tuple(CORE_FUNCTIONS[ct](**kwargs))
+                results[nid] = tuple(CORE_FUNCTIONS[ct](**{k: v for k, v in kwargs.items() if k not in UI_ONLY}))
             else:
                 hooks = {"resolve_path": _resolve_model, "device": device,
                          "progress": ProgressBar(f"{_title(nid, node)}"),
