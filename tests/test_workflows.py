@@ -226,8 +226,10 @@ def test_batch_goes_on_after_a_bad_clip(tiny, tmp_path, capsys):
     clips, out = tmp_path / "in", tmp_path / "out"
     write_clips(clips, [1])
     (clips / "broken.mp4").write_bytes(b"not a video")
+    # the frontend exports LoadVideo's upload button and player values too (when the clip exists); ignored
     rc = vdm("run", ROOT / "workflows" / "api" / "extend_video.json", "--input-dir", clips, "--output-dir", out,
-             "--set", "steps=1", "--set", "new_frames=1", "--set", f"model_name={tiny}", "--device", "cpu")
+             "--set", "steps=1", "--set", "new_frames=1", "--set", f"model_name={tiny}", "--device", "cpu",
+             "--set", "upload=image", "--set", "video-preview=")
     assert rc == 1
     assert [p.name for p in out.iterdir()] == ["clip1.mp4"]
     assert "FAILED broken.mp4" in capsys.readouterr().err
