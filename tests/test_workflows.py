@@ -32,7 +32,7 @@ NAMES = [p.stem for p in UI_FILES]
 JOBS = {"generate", "extend", "interpolate", "upscale", "interpolate_upscale"}
 # (frames, width, height, fps) each example's video must have; the same with the tiny model at 2 steps
 EXPECTED = {"generate": (32, 16, 16, 8), "extend": (32, 16, 16, 8), "interpolate": (23, 16, 16, 16),
-            "upscale": (16, 16, 16, 8), "interpolate_upscale": (23, 16, 16, 16)}
+            "upscale": (16, 16, 16, 8), "interpolate_upscale": (15, 16, 16, 16)}
 # inputs (in widget order) and outputs of the core nodes the examples use, as in ComfyUI 0.3.64
 CORE = {
     "LoadVideo": ({"file": "COMBO"}, [("VIDEO", "VIDEO")]),
