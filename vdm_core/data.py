@@ -10,6 +10,7 @@ Clips are ``[C, F, H, W]`` in ``[-1, 1]``. Changing what a seed draws requires a
 """
 from __future__ import annotations
 
+import colorsys
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -66,7 +67,7 @@ def sprite_scene(seed: int, max_sprites: int = 2) -> tuple[tuple[float, float, f
         kind = rng.choice(KINDS)
         radius = rng.uniform(0.14, 0.24)
         hue = rng.random()
-        colour = tuple(float(c) for c in _hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0)))
+        colour = tuple(float(c) for c in colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0)))
         start = (rng.uniform(radius, 1 - radius), rng.uniform(radius, 1 - radius))
         speed = [rng.uniform(0.025, 0.06) * rng.choice((-1, 1)) for _ in range(2)]
         sprites.append(Sprite(kind, rng.choice(GLYPHS), colour, radius, start, tuple(speed)))
@@ -129,12 +130,6 @@ def _glyph_bitmap(ch: str) -> Tensor:
     canvas = Image.new("L", (64, 64))
     canvas.paste(im, (4, 4))
     return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)
-
-
-def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
-    import colorsys
-
-    return colorsys.hsv_to_rgb(h, s, v)
 
 
 class SpriteClips(torch.utils.data.IterableDataset):
