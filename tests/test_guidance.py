@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vdm_core import unet3d
-from vdm_core.guidance import (DEFAULT_GUIDANCE_WEIGHT, Observation, area_downsample, downsample,
+from vdm_core.guidance import (DEFAULT_GUIDANCE_WEIGHT, Observation, area_downsample, combine, downsample,
                                reconstruction_guided_x, select_frames)
 from vdm_core.sampling import sample
 from vdm_core.schedule import PHI_MAX, sampling_angles
@@ -99,6 +99,40 @@ def test_select_frames_composes_with_downsample():
     torch.testing.assert_close(obs.operator(other), area_downsample(other[:, :, keys], 4))
     with pytest.raises(ValueError, match="3 frames but 2 indices"):
         select_frames(downsample(keys_lr, 4), [0, 3], 7)
+
+
+def test_combine_sums_both_errors_and_keeps_the_exact_frames_for_replacement():
+    x = torch.randn(2, 1, 6, 4, 4, generator=_gen(6))
+    exact = select_frames(x[:, :, :2], [0, 1], 6)
+    low = select_frames(downsample(area_downsample(x[:, :, 2:], 2), 2), [2, 3, 4, 5], 6)
+    obs = combine(exact, low)
+    assert obs.num_frames == 6 and obs.frame_indices is None and obs.selection is exact
+    assert exact.selection is exact and low.selection is None
+    torch.testing.assert_close(obs.operator(x), obs.y)
+    other = torch.randn(2, 1, 6, 4, 4, generator=_gen(7))
+    want = (exact.y - exact.operator(other)).pow(2).sum() + (low.y - low.operator(other)).pow(2).sum()
+    torch.testing.assert_close((obs.y - obs.operator(other)).pow(2).sum(), want)
+    with pytest.raises(ValueError, match="frame selection"):
+        combine(low, exact)
+    with pytest.raises(ValueError, match="same clip"):
+        combine(select_frames(x[:, :, :2], [0, 1], 7), low)
+
+
+def test_both_replaces_the_exact_part_of_a_combined_observation():
+    """'both' overwrites the exactly known frames and guides the others through the downsampler;
+    'replacement' alone cannot honour a low-resolution part and says so."""
+    base = CorrelatedGaussian(4, 0.9)
+    x = base.draw(2, 4, 4, seed=8)
+    obs = combine(select_frames(x[:, :, :1], [0], 4), select_frames(downsample(area_downsample(x[:, :, 1:], 2), 2),
+                                                                    [1, 2, 3], 4))
+    noise = torch.randn(2, 1, 4, 4, 4, generator=_gen(9))
+    out = sample(base, noise, steps=8, observation=obs, method="both", guidance_weight=4.0, clip_x=False)
+    assert torch.equal(out[:, :, :1], x[:, :, :1])
+    free = sample(base, noise, steps=8, clip_x=False)
+    err = (area_downsample(out[:, :, 1:], 2) - area_downsample(x[:, :, 1:], 2)).abs().mean()
+    assert err < 0.5 * (area_downsample(free[:, :, 1:], 2) - area_downsample(x[:, :, 1:], 2)).abs().mean()
+    with pytest.raises(ValueError, match="pure frame selection"):
+        sample(base, noise, steps=2, observation=obs, method="replacement")
 
 
 def test_observation_is_frozen_and_checked():

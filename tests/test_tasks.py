@@ -196,6 +196,33 @@ def test_each_window_observes_input_and_earlier_windows(monkeypatch):
         assert torch.equal(obs.y[0], out[:, list(w.exact)])
 
 
+def test_upscale_windows_replace_the_overlap_they_know_and_stay_on_the_input(monkeypatch):
+    """A later upscale window knows its overlap with the previous one exactly and the rest at low
+    resolution (``guidance.combine``): method 'both' replaces the overlap frames, so at the default
+    weight (4·s², strong for frames known exactly) later windows fit the input as well as the first."""
+    seen = []
+    real = sampling.sample
+
+    def recording(model, noise, **kw):
+        x = real(model, noise, **kw)
+        seen.append((kw["observation"], x))
+        return x
+
+    monkeypatch.setattr(sampling, "sample", recording)
+    c, s = 0.25, 2
+    clip = rand_clip(f=10, h=4, w=4, scale=c)
+    job = Job(clip, factor=s, window=4, overlap=2)
+    p = tasks.plan(Gaussian(c), job)
+    out = tasks.run(Gaussian(c), job, steps=8, method="both", seed=3)
+    assert len(seen) == len(p.windows) >= 3
+    for w, (obs, x) in zip(p.windows[1:], seen[1:]):
+        assert w.exact and w.low and obs.selection.frame_indices == tuple(i - w.start for i in w.exact)
+        torch.testing.assert_close(x[0][:, [i - w.start for i in w.exact]], out[:, list(w.exact)])
+    err = (area_downsample(out[None], s)[0] - clip).pow(2).mean(dim=(0, 2, 3)).sqrt()
+    first = err[list(p.windows[0].new)].max()
+    assert err[list(p.windows[-1].new)].max() < 1.5 * first + 1e-3
+
+
 def test_seeds_are_deterministic_and_differ_between_seeds():
     clip = rand_clip(f=3, h=6, w=5)
     for eta in (0.0, 0.7):

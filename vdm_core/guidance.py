@@ -6,6 +6,8 @@ Every conditional job is an :class:`Observation`: the known values ``y`` and a d
 * Extension / interpolation: :func:`select_frames` (``A`` picks frames ``indices`` of an ``F``-frame clip).
 * Upscaling: :func:`downsample` (``A`` = :func:`area_downsample` by ``factor``).
 * Both at once (known keyframes at low resolution): ``select_frames(downsample(keys, s), indices, F)``.
+* Some frames known exactly and others another way (an upscaling window that overlaps frames an
+  earlier window made): :func:`combine`; method ``both`` replaces the exact frames and guides the rest.
 
 Reconstruction guidance (VDM eq. 7/8), implemented by :func:`reconstruction_guided_x`:
 
@@ -40,12 +42,20 @@ class Observation:
     (a batch of 1 in ``y`` broadcasts over the sampled batch). ``num_frames``: ``F`` of the sampled clip.
     ``frame_indices``: set only when ``A`` is a pure frame selection ``x[:, :, frame_indices]``; then
     ``y`` is ``[B, C, len(frame_indices), H, W]`` and the replacement method is possible.
+    ``exact``: set by :func:`combine` only: the frame-selection part of a combined observation.
     """
 
     y: Tensor
     operator: Callable[[Tensor], Tensor]
     num_frames: int
     frame_indices: tuple[int, ...] | None = None
+    exact: Observation | None = None
+
+    @property
+    def selection(self) -> Observation | None:
+        """The frames this observation knows exactly, as a frame selection (itself when it is one,
+        ``exact`` for a :func:`combine`), or None: what replacement overwrites."""
+        return self if self.frame_indices is not None else self.exact
 
     def __post_init__(self):
         if not isinstance(self.y, Tensor):
@@ -131,6 +141,26 @@ def select_frames(y: Tensor | Observation, indices, num_frames: int) -> Observat
         raise ValueError(f"select_frames: y must be the known frames [B, C, {len(idx)}, H, W] or an Observation")
     return Observation(y=y, operator=lambda x: x[:, :, list(idx)], num_frames=int(num_frames),
                        frame_indices=idx)
+
+
+def combine(exact: Observation, other: Observation) -> Observation:
+    """Frames known exactly (``exact``, a :func:`select_frames` of known frames) and ``other``, any
+    observation of the same clip, as one: ``y`` and ``A(x)`` are both parts flattened and concatenated,
+    so ``‖y − A(x)‖² = ‖y_e − A_e(x)‖² + ‖y_o − A_o(x)‖²``. Method ``both`` replaces ``exact``'s frames
+    and guides with the whole; ``replacement`` alone cannot honour ``other``."""
+    if exact.frame_indices is None:
+        raise ValueError("combine: 'exact' must be a frame selection (select_frames of known frames)")
+    if exact.num_frames != other.num_frames:
+        raise ValueError(f"combine: the observations describe clips of {exact.num_frames} and "
+                         f"{other.num_frames} frames; they must describe the same clip")
+
+    def operator(x: Tensor) -> Tensor:
+        return torch.cat([exact.operator(x).flatten(1), other.operator(x).flatten(1)], dim=1)
+
+    y_e, y_o = exact.y, other.y
+    b = max(y_e.shape[0], y_o.shape[0])
+    y = torch.cat([y_e.expand(b, *y_e.shape[1:]).flatten(1), y_o.expand(b, *y_o.shape[1:]).flatten(1)], dim=1)
+    return Observation(y=y, operator=operator, num_frames=exact.num_frames, exact=exact)
 
 
 def check_observation(observation: Observation, noise: Tensor, method: str) -> None:

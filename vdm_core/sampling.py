@@ -98,9 +98,9 @@ def sample(model, noise: Tensor, *, steps: int, eta: float = 0.0, generator: tor
     * ``"replacement"``: observed frames of ``z_t`` ← fresh ``α_t y + σ_t ξ`` every step, and of ``x̃``
       ← ``y``. Frame selections only.
     * ``"both"`` (VDM): replacement plus guidance of the generated frames; since ``x̃``'s observed
-      frames are then set to ``y``, the full gradient acts exactly as VDM's ``∇_{z^b_t}``. Where nothing
-      is known exactly (an observation that is not a pure frame selection, e.g. upscaling) there is
-      nothing to replace and ``"both"`` is reconstruction guidance.
+      frames are then set to ``y``, the full gradient acts exactly as VDM's ``∇_{z^b_t}``. The frames
+      replaced are ``observation.selection``: all of a frame selection, the exact part of a
+      :func:`~vdm_core.guidance.combine`, none of e.g. a downsample (then ``"both"`` is reconstruction).
 
     ``guidance_weight`` is ``w_r`` (``>= 0``; 0 turns guidance off). Near the data end ``∂x̂/∂z ≈ I``,
     so on the observed values ``A(x̃) − y ≈ (1 − g)·(A(x̂) − y)`` with gain ``g = w_r·‖A Aᵀ‖`` (1 for a
@@ -117,20 +117,20 @@ def sample(model, noise: Tensor, *, steps: int, eta: float = 0.0, generator: tor
         raise ValueError(f"clip_x must be True, False or 'dynamic', got {clip_x!r}")
     if guidance_weight < 0:
         raise ValueError(f"guidance_weight must be >= 0, got {guidance_weight}")
-    guide = replace = False
+    guide, known = False, None
     if observation is not None:
         check_observation(observation, noise, method)
         guide = method in ("reconstruction", "both") and guidance_weight > 0
-        replace = method == "replacement" or (method == "both" and observation.frame_indices is not None)
+        known = observation.selection if method != "reconstruction" else None  # frames to replace
     phis = sampling_angles(steps).tolist()
     z = noise.float()
     b = z.shape[0]
     x = z
     for i in range(steps):
         phi_t, phi_s = phis[i], phis[i + 1]
-        if replace:
-            n_obs = (b, *observation.y.shape[1:])
-            z = replace_observed(z, observation, phi_t, _randn(n_obs, z, generator))
+        if known is not None:
+            n_obs = (b, *known.y.shape[1:])
+            z = replace_observed(z, known, phi_t, _randn(n_obs, z, generator))
         if guide:
             v = None
             x = reconstruction_guided_x(model, z, phi_t, observation, guidance_weight)
@@ -143,10 +143,10 @@ def sample(model, noise: Tensor, *, steps: int, eta: float = 0.0, generator: tor
                 f"{what} returned NaN/inf at step {i + 1}/{steps}; run the model in float32 or bfloat16"
                 + (" or lower guidance_weight" if guide else "")
             )
-        if replace:
-            x = set_observed(x, observation)
+        if known is not None:
+            x = set_observed(x, known)
         x_mod = _clip(x, clip_x)
-        if x_mod is None and eta == 0 and v is not None and not replace:
+        if x_mod is None and eta == 0 and v is not None and known is None:
             z = angle_step(z, v, phi_t, phi_s)
         else:
             x = x if x_mod is None else x_mod

@@ -327,31 +327,21 @@ def _device(model, fallback) -> torch.device:
     return torch.device(dev if dev is not None else fallback if fallback is not None else "cpu")
 
 
-def _union(parts: list) -> guidance.Observation | None:
-    """One observation of several: ``y`` and ``A(x)`` are the parts' values flattened and concatenated,
-    so ``‖y − A(x)‖²`` is the sum of the parts' squared errors."""
-    if len(parts) <= 1:
-        return parts[0] if parts else None
-
-    def operator(x: Tensor) -> Tensor:
-        return torch.cat([p.operator(x).flatten(1) for p in parts], dim=1)
-
-    y = torch.cat([p.y.flatten(1) for p in parts], dim=1)
-    return guidance.Observation(y=y, operator=operator, num_frames=parts[0].num_frames)
-
-
 def _observation(win: Window, out: Tensor, low: Tensor | None, k: int, s: int, device) -> guidance.Observation | None:
-    n, parts = win.stop - win.start, []
+    """What window ``win`` knows: its exact frames (input or made by earlier windows) selected, its
+    low-resolution frames through the downsampler; :func:`guidance.combine` when it has both."""
+    n, exact, lows = win.stop - win.start, None, None
     if win.exact:
         y = out[:, list(win.exact)].unsqueeze(0).to(device)
-        parts.append(guidance.select_frames(y, tuple(i - win.start for i in win.exact), n))
+        exact = guidance.select_frames(y, tuple(i - win.start for i in win.exact), n)
     if win.low:
         y = low[:, [i // k for i in win.low]].unsqueeze(0).to(device)
-        obs = guidance.downsample(y, s)
+        lows = guidance.downsample(y, s)
         if len(win.low) < n:
-            obs = guidance.select_frames(obs, tuple(i - win.start for i in win.low), n)
-        parts.append(obs)
-    return _union(parts)
+            lows = guidance.select_frames(lows, tuple(i - win.start for i in win.low), n)
+    if exact is not None and lows is not None:
+        return guidance.combine(exact, lows)
+    return exact if exact is not None else lows
 
 
 def default_guidance_weight(factor: int = 1) -> float:
