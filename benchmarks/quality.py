@@ -77,8 +77,11 @@ def run_method(model, x, obs, method, weight, samples, steps, chunk):
         for i in range(0, n, chunk):
             sl = slice(i, i + chunk)
             o = guidance.Observation(obs.y[sl], obs.operator, obs.num_frames, obs.frame_indices)
-            parts.append(sample(model, noise[sl].to(model.device), steps=steps, generator=gen, observation=o,
-                                guidance_weight=weight, method=method).cpu())
+            xs = sample(model, noise[sl].to(model.device), steps=steps, generator=gen, observation=o,
+                        guidance_weight=weight, method=method).cpu()
+            if method == "both" and obs.frame_indices is None:  # upscaling: block means set, as tasks.run does
+                xs = guidance.match_block_means(xs, o.y, x.shape[-1] // o.y.shape[-1]).clamp(-1, 1)
+            parts.append(xs)
         out.append(torch.cat(parts))
     return torch.stack(out)
 
@@ -130,7 +133,7 @@ def main(argv=None):
                     f"{b['pos'].mean():.2f} | – | {b['ghost'].mean():.3f} | {b['obs'].mean():.4f} | – |")
         print("\n".join(rows), flush=True)
         for method in args.methods:
-            if method != "reconstruction" and obs.frame_indices is None:
+            if method == "replacement" and obs.frame_indices is None:
                 continue  # replacement needs a frame selection
             for w in (args.weights if method != "replacement" else [0.0]):
                 t0 = time.time()

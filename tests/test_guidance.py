@@ -6,7 +6,7 @@ import torch
 
 from vdm_core import unet3d
 from vdm_core.guidance import (DEFAULT_GUIDANCE_WEIGHT, Observation, area_downsample, combine, downsample,
-                               reconstruction_guided_x, select_frames)
+                               match_block_means, reconstruction_guided_x, select_frames)
 from vdm_core.sampling import sample
 from vdm_core.schedule import PHI_MAX, sampling_angles
 
@@ -69,6 +69,20 @@ def test_area_downsample_adjoint_is_nearest_upsample_over_s2():
     y = torch.randn(2, 2, 3, 2, 3, generator=_gen(2), dtype=D)
     at_y = y.repeat_interleave(s, dim=3).repeat_interleave(s, dim=4) / s**2
     assert (area_downsample(x, s) * y).sum().item() == pytest.approx((x * at_y).sum().item(), rel=1e-12)
+
+
+def test_match_block_means_is_the_nearest_clip_with_those_means():
+    x = torch.randn(2, 3, 4, 6, 9, generator=_gen(21), dtype=D)
+    y = torch.randn(2, 3, 4, 2, 3, generator=_gen(22), dtype=D)
+    m = match_block_means(x, y, 3)
+    torch.testing.assert_close(area_downsample(m, 3), y)
+    # the change is constant per block and orthogonal to every clip with zero block means
+    d = m - x
+    torch.testing.assert_close(d, area_downsample(d, 3).repeat_interleave(3, 3).repeat_interleave(3, 4))
+    n = torch.randn(2, 3, 4, 6, 9, generator=_gen(23), dtype=D)
+    n = n - area_downsample(n, 3).repeat_interleave(3, 3).repeat_interleave(3, 4)
+    assert (d * n).sum().abs().item() < 1e-9
+    torch.testing.assert_close(match_block_means(m, y, 3), m)  # a projection
 
 
 def test_select_frames_and_downsample_observations():

@@ -157,11 +157,24 @@ def test_upscale_output_matches_low_res_input(s):
     c, steps = 0.25, 6
     clip = rand_clip(f=5, h=7, w=5, scale=c)
     w = exact_weight(c, s, steps)
-    out = tasks.upscale(Gaussian(c), clip, s, steps=steps, guidance_weight=w)
+    out = tasks.upscale(Gaussian(c), clip, s, steps=steps, guidance_weight=w, method="reconstruction")
     assert out.shape == (3, 5, 7 * s, 5 * s) and out.abs().max() < 1  # no clipping interfered
     torch.testing.assert_close(area_downsample(out[None], s)[0], clip, atol=1e-4, rtol=0)
-    unguided = tasks.upscale(Gaussian(c), clip, s, steps=steps, guidance_weight=0)
+    unguided = tasks.upscale(Gaussian(c), clip, s, steps=steps, guidance_weight=0, method="reconstruction")
     assert (area_downsample(unguided[None], s)[0] - clip).abs().max() > 0.1  # the guidance did it
+
+
+def test_upscale_both_sets_block_means_and_only_gets_closer_to_the_truth():
+    """Method 'both' ends with ``match_block_means``: the output's block means are the input's at any
+    weight, and the output is never farther from the true clip than the guided sample alone."""
+    c, s, steps = 0.25, 2, 6
+    truth = rand_clip(f=6, h=8, w=6, scale=c, seed=4)
+    clip = area_downsample(truth[None], s)[0]
+    for w in (0.0, 4.0):
+        guided = tasks.upscale(Gaussian(c), clip, s, steps=steps, guidance_weight=w, method="reconstruction", window=4)
+        both = tasks.upscale(Gaussian(c), clip, s, steps=steps, guidance_weight=w, method="both", window=4)
+        torch.testing.assert_close(area_downsample(both[None], s)[0], clip, atol=1e-5, rtol=0)
+        assert (both - truth).norm() < (guided - truth).norm()
 
 
 def test_interpolate_and_upscale_in_one_job():

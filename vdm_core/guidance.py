@@ -119,6 +119,18 @@ def downsample(y: Tensor, factor: int) -> Observation:
     return Observation(y=y, operator=lambda x: area_downsample(x, factor), num_frames=y.shape[2])
 
 
+def match_block_means(x: Tensor, y: Tensor, factor: int) -> Tensor:
+    """The clip nearest to ``x`` (L2) whose area average by ``factor`` is ``y``: ``x + A⁺(y − A x)``.
+
+    ``x``: ``[B, C, F, H, W]``, ``y``: ``[B, C, F, H/f, W/f]``. ``A = area_downsample`` has
+    ``A Aᵀ = I/f²``, so ``A⁺ = f²·Aᵀ`` = nearest upsampling: each block is shifted by its mean's error.
+    ``I − A⁺A`` is an orthogonal projector, so the result is never farther than ``x`` from any clip
+    whose block means are ``y`` (the truth of an upscaling job).
+    """
+    r = y.to(x) - area_downsample(x, factor)
+    return x + r.repeat_interleave(factor, dim=3).repeat_interleave(factor, dim=4)
+
+
 def select_frames(y: Tensor | Observation, indices, num_frames: int) -> Observation:
     """Known frames at positions ``indices`` of a ``num_frames``-frame clip.
 

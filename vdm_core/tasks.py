@@ -7,7 +7,8 @@ average, ``guidance.downsample``); interpolate + upscale knows the keyframes at 
 Long clips are **time windows** of the model's native frame count, sampled one after the other
 (flat device memory). A window's observation holds what is known about its frames: input frames
 and frames already made by earlier windows exactly (``guidance.select_frames``), frames known only at
-low resolution through the downsampler. Each output frame is written by exactly one window (the
+low resolution through the downsampler (with method ``both`` their block means are finally set to the
+input's, ``guidance.match_block_means``). Each output frame is written by exactly one window (the
 first that contains it as unknown); known input frames are copied into the output unchanged.
 
 Frames larger than the model's native resolution are sampled as overlapping **spatial tiles**:
@@ -380,8 +381,11 @@ def _execute(model, p: Plan, out: Tensor, low: Tensor | None, k: int, s: int, *,
         x = sampling.sample(net, noise, steps=steps, eta=eta, generator=gen, callback=cb,
                             observation=_observation(win, out, low, k, s, device),
                             guidance_weight=weight, method=method)
-        x = x[0].detach().float().clamp(-1, 1).cpu()
-        out[:, list(win.new)] = x[:, [j - win.start for j in win.new]]
+        x = x[0].detach().float().cpu()
+        if win.low and method == "both":  # known block means replaced, as known frames are
+            idx = [i - win.start for i in win.low]
+            x[:, idx] = guidance.match_block_means(x[None, :, idx], low[None, :, [i // k for i in win.low]], s)[0]
+        out[:, list(win.new)] = x[:, [j - win.start for j in win.new]].clamp(-1, 1)
     return out
 
 
@@ -393,7 +397,10 @@ def run(model, job: Job, *, steps: int = 50, eta: float = 0.0, guidance_weight: 
     """Sample ``job`` with ``model``; returns a CPU float32 ``[C, F_out, H_out, W_out]`` clip in [-1, 1].
 
     ``guidance_weight`` is ``w_r`` of reconstruction guidance (None: :func:`default_guidance_weight`);
-    ``method``: ``reconstruction`` | ``replacement`` | ``both`` (upscaling needs reconstruction).
+    ``method``: ``reconstruction`` | ``replacement`` | ``both``. ``both`` (VDM's): frames known exactly
+    are replaced every step and the rest guided; frames known at low resolution are guided, then
+    shifted so their block means equal the input (:func:`guidance.match_block_means`). Upscaling
+    needs guidance (not ``replacement``).
     """
     p = plan(model, job)
     clip = job.clip.detach().float().cpu()
