@@ -43,7 +43,8 @@ class VDMSampleDDIMv(io.ComfyNode):
                 io.Combo.Input("method", options=list(workflow.METHODS), default="both",
                                tooltip="How the job's known frames steer sampling: both (default, as in VDM: "
                                        "frames known exactly are replaced by noised copies and everything else is "
-                                       "pulled by reconstruction guidance; every job), reconstruction (guidance "
+                                       "pulled by reconstruction guidance; upscaled frames finally get the input's block "
+                                       "averages exactly; every job), reconstruction (guidance "
                                        "only), or replacement (no guidance; extend and interpolate only)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise seed; the same seed gives the same clip on any device."),

@@ -100,7 +100,8 @@ def sample(model, noise: Tensor, *, steps: int, eta: float = 0.0, generator: tor
     * ``"both"`` (VDM): replacement plus guidance of the generated frames; since ``x̃``'s observed
       frames are then set to ``y``, the full gradient acts exactly as VDM's ``∇_{z^b_t}``. The frames
       replaced are ``observation.selection``: all of a frame selection, the exact part of a
-      :func:`~vdm_core.guidance.combine`, none of e.g. a downsample (then ``"both"`` is reconstruction).
+      :func:`~vdm_core.guidance.combine`, none of e.g. a downsample (then ``"both"`` is reconstruction
+      here; ``tasks.run`` then also sets the block means, ``guidance.match_block_means``).
 
     ``guidance_weight`` is ``w_r`` (``>= 0``; 0 turns guidance off). Near the data end ``∂x̂/∂z ≈ I``,
     so on the observed values ``A(x̃) − y ≈ (1 − g)·(A(x̂) − y)`` with gain ``g = w_r·‖A Aᵀ‖`` (1 for a
