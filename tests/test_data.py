@@ -1,5 +1,6 @@
 """Training data: procedural moving sprites (determinism, resolution independence, bouncing motion, splits)
 and windows from a folder of clips."""
+import dataclasses
 import importlib.util
 import itertools
 import random
@@ -169,6 +170,23 @@ def test_clip_folder_yields_windows(tmp_path):
     assert len(starts) > 1  # windows start at random frames
     again = list(itertools.islice(iter(ClipFolder(tmp_path, size=8, frames=4, stride=2, seed=0)), 6))
     assert all(torch.equal(a, b) for a, b in zip(items, again))
+
+
+@needs_video_io
+def test_clip_folder_copes_with_a_header_that_claims_too_many_frames(tmp_path, monkeypatch):
+    from vdm_core import video_io
+    from vdm_core.video_io import write_video
+
+    write_video(tmp_path / "a.mp4", _ramp_clip(8, 16, 16), fps=8)
+    real = video_io.probe
+    monkeypatch.setattr(video_io, "probe", lambda p, **kw: dataclasses.replace(real(p, **kw), frames=30))
+    data = ClipFolder(tmp_path, size=8, frames=4, seed=0)
+    assert data.clips[0][1] == 30
+    items = list(itertools.islice(iter(data), 8))
+    assert all(x.shape == (3, 4, 8, 8) for x in items)  # short reads are retried, never yielded
+    write_video(tmp_path / "a.mp4", _ramp_clip(3, 16, 16), fps=8)
+    with pytest.raises(ValueError, match="claim more frames than they hold"):
+        next(iter(ClipFolder(tmp_path, size=8, frames=4, seed=0)))
 
 
 @needs_video_io

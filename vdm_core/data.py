@@ -174,15 +174,30 @@ class ClipFolder(torch.utils.data.IterableDataset):
             )
 
     def __iter__(self):
-        from .video_io import read_video
+        from .video_io import VideoError, read_video
 
         rng = random.Random(self.seed)
         need = (self.frames - 1) * self.stride + 1
+        clips = list(self.clips)
         while True:
-            path, n = rng.choice(self.clips)
+            i = rng.randrange(len(clips))
+            path, n = clips[i]
             start = rng.randrange(n - need + 1)
-            clip = read_video(path, start=start, max_frames=self.frames, stride=self.stride,
-                              short_side=self.size).frames  # [3, F, H, W] in [-1, 1]
+            try:
+                clip = read_video(path, start=start, max_frames=self.frames, stride=self.stride,
+                                  short_side=self.size).frames  # [3, F, H, W] in [-1, 1]
+            except VideoError:
+                raise
+            except ValueError:  # start is past the clip's real end
+                clip = None
+            got = 0 if clip is None else clip.shape[1]
+            if got < self.frames:  # the container claimed more frames than it decodes
+                clips[i] = (path, start + got * self.stride)  # it has at most this many (fewer than n)
+                clips = [c for c in clips if c[1] >= need]
+                if not clips:
+                    raise ValueError(f"no clip in {self.folder} decodes the {need} frames a training window "
+                                     f"needs (their headers claim more frames than they hold); add longer clips")
+                continue
             h, w = clip.shape[-2:]
             top, left = rng.randrange(h - self.size + 1), rng.randrange(w - self.size + 1)
             yield clip[:, :, top:top + self.size, left:left + self.size]
