@@ -18,6 +18,7 @@ import torch
 from vdm_core import checkpoint
 from vdm_core.runner import run_workflow
 from vdm_core.sampling import sample
+from vdm_core.schedule import sampling_angles
 from vdm_core.video_io import read_video, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def samples_gif(model, path: Path, steps: int = 50) -> None:
     c, f, r = model.config.channels, model.config.frames, model.config.resolution
     noise = torch.randn((8, c, f, r, r), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        x = sample(model, noise, steps=steps)
+        x = sample(model, noise, sampling_angles(steps))
     rows = [torch.cat([enlarge(x[i], 4) for i in range(j, j + 4)], dim=3) for j in (0, 4)]
     write_video(path, torch.cat(rows, dim=2), fps=10)  # GIF delays are whole 1/100 s: 10 fps is exact
 

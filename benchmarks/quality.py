@@ -6,8 +6,8 @@ RMS(A(x) − y), for the baseline and for each guidance method and weight. Diffu
 "mean" averages over all samples, "best-of-S" takes the best sample per clip (max PSNR / min error).
 
 Clips come from the test split (seeds never used in training), at the model's resolution and frame
-count. Sampling is batched straight through `sampling.sample` with the same observations the jobs in
-`vdm_core.tasks` build (one window per clip, so no windowing is involved).
+count. Sampling is batched straight through `sampling.sample` with the same observations and methods the
+jobs in `vdm_core.tasks` use (one window per clip, so no windowing is involved).
 
     python benchmarks/quality.py --clips 64 --samples 4 --steps 32 --out docs/benchmarks.md
 """
@@ -25,6 +25,7 @@ from vdm_core import checkpoint, guidance
 from vdm_core.data import sprite_batch, split_seed
 from vdm_core.metrics import psnr, sprite_errors, ssim
 from vdm_core.sampling import sample
+from vdm_core.schedule import sampling_angles
 
 
 def make_job(name: str, x: torch.Tensor):
@@ -66,8 +67,8 @@ def score(pred, x, obs, frames, seeds):
     return {"psnr": psnr(p, t), "ssim": ssim(p, t), "pos": torch.tensor(pe), "ghost": torch.tensor(gh), "obs": err}
 
 
-def run_method(model, x, obs, method, weight, samples, steps, chunk):
-    """``samples`` samples per clip, returns ``[S, N, C, F, H, W]``."""
+def run_method(model, x, job, method, weight, samples, steps, chunk):
+    """``samples`` samples per clip of job ``job`` on true clips ``x``, returns ``[S, N, C, F, H, W]``."""
     n = x.shape[0]
     out = []
     for s in range(samples):
@@ -75,13 +76,9 @@ def run_method(model, x, obs, method, weight, samples, steps, chunk):
         noise = torch.randn(x.shape, generator=gen)
         parts = []
         for i in range(0, n, chunk):
-            sl = slice(i, i + chunk)
-            o = guidance.Observation(obs.y[sl], obs.operator, obs.num_frames, obs.frame_indices)
-            xs = sample(model, noise[sl].to(model.device), steps=steps, generator=gen, observation=o,
-                        guidance_weight=weight, method=method).cpu()
-            if method == "both" and obs.frame_indices is None:  # upscaling: block means set, as tasks.run does
-                xs = guidance.match_block_means(xs, o.y, x.shape[-1] // o.y.shape[-1]).clamp(-1, 1)
-            parts.append(xs)
+            obs = make_job(job, x[i:i + chunk])[0]
+            parts.append(sample(model, noise[i:i + chunk].to(model.device), sampling_angles(steps), observation=obs,
+                                method=method, guidance_weight=weight, generator=gen).cpu().clamp(-1, 1))  # as jobs return
         out.append(torch.cat(parts))
     return torch.stack(out)
 
@@ -137,7 +134,7 @@ def main(argv=None):
                 continue  # replacement needs a frame selection
             for w in (args.weights if method != "replacement" else [0.0]):
                 t0 = time.time()
-                xs = run_method(model, x, obs, method, w, args.samples, args.steps, args.chunk)
+                xs = run_method(model, x, job, method, w, args.samples, args.steps, args.chunk)
                 dt = time.time() - t0
                 mean, best = summarize([score(xs[s], x, obs, frames, seeds) for s in range(args.samples)])
                 row = (f"| {method} | {w:g} | {mean['psnr']:.2f} | {best['psnr']:.2f} | {mean['ssim']:.3f} | "

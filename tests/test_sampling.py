@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from vdm_core import schedule as S
-from vdm_core.sampling import angle_step, ddim_coefficients, ddim_step, dynamic_threshold, sample
+from vdm_core.sampling import ddim, ddim_coefficients, ddim_step, sample
+from vdm_core.schedule import sampling_angles
 
 D = torch.float64
 
@@ -47,19 +48,23 @@ def test_one_step_with_oracle_v_lands_on_the_forward_sample(phi_t, phi_s):
     z_t = a_t * x + s_t * eps
     v = a_t * eps - s_t * x  # oracle v̂ = α ε − σ x
     want = math.cos(phi_s) * x + math.sin(phi_s) * eps
-    torch.testing.assert_close(angle_step(z_t, v, phi_t, phi_s), want, rtol=0, atol=1e-12)
-    # the wrong sign (sin(φ_t − φ_s)) walks away from it
-    assert (angle_step(z_t, -v, phi_t, phi_s) - want).abs().max() > 1e-3
-    # ddim_step with η = 0 from the oracle's x̂ is the same step
+    # the seed's angle form lands there; the wrong sign (sin(φ_t − φ_s)) walks away from it
+    d = phi_s - phi_t
+    torch.testing.assert_close(math.cos(d) * z_t + math.sin(d) * v, want, rtol=0, atol=1e-12)
+    assert (math.cos(d) * z_t - math.sin(d) * v - want).abs().max() > 1e-3
+    # the loop's step (η = 0) from the oracle's x̂ is the same step
     x_hat = S.x_from_v(z_t, v, torch.tensor(phi_t, dtype=D))
     torch.testing.assert_close(ddim_step(z_t, x_hat, phi_t, phi_s, eta=0.0), want, rtol=0, atol=1e-10)
+    out = ddim(lambda z, phi: S.x_from_v(z, v, torch.tensor(phi, dtype=D)), z_t, [phi_t, phi_s])
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-9)  # the oracle's x̂ is x
 
 
-def test_ddim_eta0_equals_angle_step_for_any_prediction():
+def test_ddim_eta0_is_the_seeds_angle_form_for_any_prediction():
     z, v = torch.randn(3, 1, 2, 4, 4, generator=_gen(2), dtype=D), torch.randn(3, 1, 2, 4, 4, generator=_gen(3), dtype=D)
     for phi_t, phi_s in PAIRS:
         x_hat = S.x_from_v(z, v, torch.tensor(phi_t, dtype=D))
-        torch.testing.assert_close(ddim_step(z, x_hat, phi_t, phi_s), angle_step(z, v, phi_t, phi_s),
+        d = phi_s - phi_t
+        torch.testing.assert_close(ddim_step(z, x_hat, phi_t, phi_s), math.cos(d) * z + math.sin(d) * v,
                                    rtol=0, atol=1e-10)
 
 
@@ -95,14 +100,14 @@ def test_eta_above_one_adds_at_most_sigma_s_noise():
 def test_point_mass_data_is_recovered_exactly(steps, clip_x):
     mu = torch.rand(2, 3, 4, 6, 6, generator=_gen(7)) * 2 - 1
     noise = torch.randn(2, 3, 4, 6, 6, generator=_gen(8))
-    out = sample(point_mass_model(mu), noise, steps=steps, clip_x=clip_x)
+    out = sample(point_mass_model(mu), noise, sampling_angles(steps), clip=clip_x)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, mu, rtol=0, atol=2e-6)
 
 
 def test_point_mass_recovered_with_eta():
     mu = torch.rand(2, 1, 3, 4, 4, generator=_gen(9)) * 2 - 1
-    out = sample(point_mass_model(mu), torch.randn(2, 1, 3, 4, 4, generator=_gen(10)), steps=9, eta=1.0,
+    out = sample(point_mass_model(mu), torch.randn(2, 1, 3, 4, 4, generator=_gen(10)), sampling_angles(9), eta=1.0,
                  generator=_gen(11))
     torch.testing.assert_close(out, mu, rtol=0, atol=2e-6)
 
@@ -113,7 +118,7 @@ def test_gaussian_data_has_the_right_mean_and_std(eta, steps):
     # are used to bring the discretization error (≈0.2 % here) below the sampling error
     m, sd = 0.3, 0.5
     noise = torch.randn(16, 1, 4, 16, 16, generator=_gen(12))  # 16384 elements
-    out = sample(gaussian_model(m, sd**2), noise, steps=steps, eta=eta, generator=_gen(13), clip_x=False)
+    out = sample(gaussian_model(m, sd**2), noise, sampling_angles(steps), eta=eta, generator=_gen(13), clip=False)
     n = out.numel()
     assert abs(out.mean().item() - m) < 4 * sd / math.sqrt(n)
     assert abs(out.std().item() - sd) < 4 * sd / math.sqrt(2 * n) + 0.005 * sd
@@ -122,8 +127,8 @@ def test_gaussian_data_has_the_right_mean_and_std(eta, steps):
 def test_clipped_and_unclipped_paths_agree_when_nothing_is_clipped():
     noise = torch.randn(2, 1, 3, 8, 8, generator=_gen(14))
     model = gaussian_model(0.0, 0.1**2)  # x̂ stays well inside [-1, 1]
-    a = sample(model, noise, steps=20, clip_x=False)  # angle form
-    b = sample(model, noise, steps=20, clip_x=True)  # α_s x̃ + σ_s ε̃ form
+    a = sample(model, noise, sampling_angles(20), clip=False)
+    b = sample(model, noise, sampling_angles(20), clip=True)
     assert a.abs().max() < 1
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
@@ -131,9 +136,9 @@ def test_clipped_and_unclipped_paths_agree_when_nothing_is_clipped():
 def test_same_seed_same_result_different_seed_different():
     model = gaussian_model(0.0, 0.25)
     noise = torch.randn(2, 1, 3, 4, 4, generator=_gen(15))
-    r1 = sample(model, noise, steps=10, eta=0.7, generator=_gen(16))
-    r2 = sample(model, noise, steps=10, eta=0.7, generator=_gen(16))
-    r3 = sample(model, noise, steps=10, eta=0.7, generator=_gen(17))
+    r1 = sample(model, noise, sampling_angles(10), eta=0.7, generator=_gen(16))
+    r2 = sample(model, noise, sampling_angles(10), eta=0.7, generator=_gen(16))
+    r3 = sample(model, noise, sampling_angles(10), eta=0.7, generator=_gen(17))
     assert torch.equal(r1, r2)
     assert not torch.allclose(r1, r3)
 
@@ -141,7 +146,7 @@ def test_same_seed_same_result_different_seed_different():
 def test_callback_every_step_and_exception_stops_sampling():
     mu = torch.zeros(1, 1, 2, 3, 3)
     seen = []
-    out = sample(point_mass_model(mu), torch.randn(1, 1, 2, 3, 3, generator=_gen(18)), steps=5,
+    out = sample(point_mass_model(mu), torch.randn(1, 1, 2, 3, 3, generator=_gen(18)), sampling_angles(5),
                  callback=lambda i, n, x: seen.append((i, n, x.clone())))
     assert [(i, n) for i, n, _ in seen] == [(i, 5) for i in range(1, 6)]
     assert all(x.shape == (1, 1, 2, 3, 3) for _, _, x in seen)
@@ -158,7 +163,7 @@ def test_callback_every_step_and_exception_stops_sampling():
             raise KeyboardInterrupt("stop")
 
     with pytest.raises(KeyboardInterrupt):
-        sample(model, torch.randn(1, 1, 2, 3, 3), steps=10, callback=stop)
+        sample(model, torch.randn(1, 1, 2, 3, 3), sampling_angles(10), callback=stop)
     assert len(calls) == 2
 
 
@@ -172,7 +177,7 @@ def test_half_precision_model_keeps_float32_state(dtype, tol):
         seen.append(z.dtype)
         return exact(z.to(dtype), phi.to(dtype))  # computes and answers in half
 
-    out = sample(model, torch.randn(2, 1, 3, 4, 4, generator=_gen(20)), steps=8, eta=0.5, generator=_gen(21))
+    out = sample(model, torch.randn(2, 1, 3, 4, 4, generator=_gen(20)), sampling_angles(8), eta=0.5, generator=_gen(21))
     assert set(seen) == {torch.float32}
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, mu, rtol=0, atol=tol)
@@ -180,40 +185,29 @@ def test_half_precision_model_keeps_float32_state(dtype, tol):
 
 def test_nan_from_model_raises_clearly():
     with pytest.raises(FloatingPointError, match="NaN"):
-        sample(lambda z, phi: torch.full_like(z, float("nan")), torch.randn(1, 1, 2, 2, 2), steps=3)
+        sample(lambda z, phi: torch.full_like(z, float("nan")), torch.randn(1, 1, 2, 2, 2), sampling_angles(3))
 
 
-def test_clip_true_and_dynamic_thresholding():
-    mu = torch.rand(2, 1, 3, 6, 6, generator=_gen(22)) * 6 - 3  # far outside [-1, 1]
+def test_clip_true_clips_and_clip_false_leaves_latents_alone():
+    mu = torch.rand(2, 1, 3, 6, 6, generator=_gen(22)) * 6 - 3  # far outside [-1, 1], like a latent
     noise = torch.randn(2, 1, 3, 6, 6, generator=_gen(23))
-    clipped = sample(point_mass_model(mu), noise, steps=6, clip_x=True)
+    clipped = sample(point_mass_model(mu), noise, sampling_angles(6), clip=True)
     torch.testing.assert_close(clipped, mu.clamp(-1, 1), rtol=0, atol=2e-6)
-    dyn = sample(point_mass_model(mu), noise, steps=6, clip_x="dynamic")
-    assert dyn.abs().max() <= 1 + 1e-6
-    torch.testing.assert_close(dyn, dynamic_threshold(mu), rtol=0, atol=2e-6)
-    assert not torch.allclose(dyn, clipped)  # rescales rather than clips
-    free = sample(point_mass_model(mu), noise, steps=6, clip_x=False)
+    free = sample(point_mass_model(mu), noise, sampling_angles(6), clip=False)
     torch.testing.assert_close(free, mu, rtol=0, atol=1e-5)
-
-
-def test_dynamic_threshold_is_per_clip_and_leaves_small_clips_alone():
-    small = torch.rand(1, 1, 2, 4, 4, generator=_gen(24)) * 1.6 - 0.8
-    big = small * 4
-    out = dynamic_threshold(torch.cat([small, big]))
-    torch.testing.assert_close(out[0], small[0])
-    s = torch.quantile(big.flatten().abs(), 0.995)
-    torch.testing.assert_close(out[1], big[0].clamp(-s, s) / s)
 
 
 def test_bad_arguments():
     model = point_mass_model(torch.zeros(1))
     z = torch.randn(1, 1, 2, 2, 2)
     with pytest.raises(ValueError, match="steps"):
-        sample(model, z, steps=0)
-    with pytest.raises(ValueError, match="eta"):
-        sample(model, z, steps=2, eta=-0.1)
-    with pytest.raises(ValueError, match="clip_x"):
-        sample(model, z, steps=2, clip_x="yes")
+        sampling_angles(0)
+    for eta in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eta"):
+            sample(model, z, sampling_angles(2), eta=eta)
+    for angles in ([1.0], [0.5, 1.0], [1.0, 0.5, 0.5], [2.0, 1.0], [1.0, 0.0]):  # not a decreasing grid in (0, π/2]
+        with pytest.raises(ValueError, match="angles"):
+            sample(model, z, angles)
 
 
 def test_tiny_unet_samples_a_finite_float32_clip():
@@ -221,6 +215,6 @@ def test_tiny_unet_samples_a_finite_float32_clip():
 
     torch.manual_seed(0)
     net = UNet3D(UNet3DConfig(base_width=8, width_mults=(1, 2), heads=2)).eval()
-    out = sample(net, torch.randn(1, 3, 4, 8, 8, generator=_gen(25)), steps=3, eta=1.0, generator=_gen(26))
+    out = sample(net, torch.randn(1, 3, 4, 8, 8, generator=_gen(25)), sampling_angles(3), eta=1.0, generator=_gen(26))
     assert out.shape == (1, 3, 4, 8, 8) and out.dtype == torch.float32
     assert torch.isfinite(out).all() and out.abs().max() <= 1

@@ -193,9 +193,9 @@ def test_each_window_observes_input_and_earlier_windows(monkeypatch):
     seen = []
     real = sampling.sample
 
-    def recording(model, noise, **kw):
+    def recording(model, noise, angles, **kw):
         seen.append(kw["observation"])
-        return real(model, noise, **kw)
+        return real(model, noise, angles, **kw)
 
     monkeypatch.setattr(sampling, "sample", recording)
     clip = rand_clip(f=9, h=5, w=4)
@@ -216,8 +216,8 @@ def test_upscale_windows_replace_the_overlap_they_know_and_stay_on_the_input(mon
     seen = []
     real = sampling.sample
 
-    def recording(model, noise, **kw):
-        x = real(model, noise, **kw)
+    def recording(model, noise, angles, **kw):
+        x = real(model, noise, angles, **kw)
         seen.append((kw["observation"], x))
         return x
 

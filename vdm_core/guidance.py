@@ -1,7 +1,8 @@
-"""Observations ``y = A(x)`` and the two ways to condition a sampler on them (vdm-reference §1.7–1.10).
+"""Observations ``y = A(x)``: what a job knows about the clip it samples (vdm-reference §1.7–1.10).
 
-Every conditional job is an :class:`Observation`: the known values ``y`` and a differentiable operator
-``A`` mapping a clip ``x`` (``[B, C, F, H, W]``) to ``y``'s shape.
+Every conditional job is an :class:`Observation`: the known values ``y``, a differentiable operator
+``A`` mapping a clip ``x`` (``[B, C, F, H, W]``) to ``y``'s shape and, where ``A`` has one, the
+projection onto the clips that agree with ``y``.
 
 * Extension / interpolation: :func:`select_frames` (``A`` picks frames ``indices`` of an ``F``-frame clip).
 * Upscaling: :func:`downsample` (``A`` = :func:`area_downsample` by ``factor``).
@@ -9,19 +10,11 @@ Every conditional job is an :class:`Observation`: the known values ``y`` and a d
 * Some frames known exactly and others another way (an upscaling window that overlaps frames an
   earlier window made): :func:`combine`; method ``both`` replaces the exact frames and guides the rest.
 
-Reconstruction guidance (VDM eq. 7/8), implemented by :func:`reconstruction_guided_x`:
-
-    x̃ = x̂ − (w_r·α_t/2)·∇_{z_t} ‖y − A(x̂(z_t))‖²
-
-with ``‖·‖²`` the SUM of squares over every observed element (not a mean: a mean would silently divide
-``w_r`` by the number of observed elements), the gradient taken through the model by autograd.
-Replacement (VDM §3.1), :func:`replace_observed`: the observed frames of ``z_t`` are overwritten by a
-fresh forward sample ``α_t·y + σ_t·ξ`` at every step; it needs a pure frame selection.
-The sampler that uses both is :func:`vdm_core.sampling.sample`.
+How a sampler is conditioned on an observation (reconstruction guidance, VDM eq. 7/8; replacement,
+VDM §3.1; the final projection) is :mod:`vdm_core.sampling`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,6 +36,8 @@ class Observation:
     ``frame_indices``: set only when ``A`` is a pure frame selection ``x[:, :, frame_indices]``; then
     ``y`` is ``[B, C, len(frame_indices), H, W]`` and the replacement method is possible.
     ``exact``: set by :func:`combine` only: the frame-selection part of a combined observation.
+    ``project``: ``x ↦`` the clip nearest to ``x`` (L2) with ``A(x) = y`` (``x + A⁺(y − A x)``), or None
+    where ``A`` has no pseudo-inverse.
     """
 
     y: Tensor
@@ -50,6 +45,7 @@ class Observation:
     num_frames: int
     frame_indices: tuple[int, ...] | None = None
     exact: Observation | None = None
+    project: Callable[[Tensor], Tensor] | None = None
 
     @property
     def selection(self) -> Observation | None:
@@ -116,7 +112,8 @@ def downsample(y: Tensor, factor: int) -> Observation:
     if not isinstance(y, Tensor) or y.ndim != 5:
         raise ValueError(f"downsample: y must be a low-resolution clip batch [B, C, F, h, w], got "
                          f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
-    return Observation(y=y, operator=lambda x: area_downsample(x, factor), num_frames=y.shape[2])
+    return Observation(y=y, operator=lambda x: area_downsample(x, factor), num_frames=y.shape[2],
+                       project=lambda x: match_block_means(x, y, factor))
 
 
 def match_block_means(x: Tensor, y: Tensor, factor: int) -> Tensor:
@@ -147,19 +144,29 @@ def select_frames(y: Tensor | Observation, indices, num_frames: int) -> Observat
                 f"select_frames: the inner observation describes {inner.num_frames} frames but "
                 f"{len(idx)} indices were given"
             )
+        project = None
+        if inner.project is not None:
+            def project(x: Tensor) -> Tensor:
+                i = torch.tensor(idx, device=x.device)
+                return x.index_copy(2, i, inner.project(x[:, :, list(idx)]))
         return Observation(y=inner.y, operator=lambda x: inner.operator(x[:, :, list(idx)]),
-                           num_frames=int(num_frames))
+                           num_frames=int(num_frames), project=project)
     if not isinstance(y, Tensor) or y.ndim != 5:
         raise ValueError(f"select_frames: y must be the known frames [B, C, {len(idx)}, H, W] or an Observation")
+    def project(x: Tensor) -> Tensor:
+        i = torch.tensor(idx, device=x.device)
+        return x.index_copy(2, i, y.to(device=x.device, dtype=x.dtype).expand(x.shape[0], *y.shape[1:]))
+
     return Observation(y=y, operator=lambda x: x[:, :, list(idx)], num_frames=int(num_frames),
-                       frame_indices=idx)
+                       frame_indices=idx, project=project)
 
 
 def combine(exact: Observation, other: Observation) -> Observation:
     """Frames known exactly (``exact``, a :func:`select_frames` of known frames) and ``other``, any
     observation of the same clip, as one: ``y`` and ``A(x)`` are both parts flattened and concatenated,
     so ``‖y − A(x)‖² = ‖y_e − A_e(x)‖² + ‖y_o − A_o(x)‖²``. Method ``both`` replaces ``exact``'s frames
-    and guides with the whole; ``replacement`` alone cannot honour ``other``."""
+    and guides with the whole; ``replacement`` alone cannot honour ``other``. The projection is both
+    parts' in turn (exact when they observe different frames, as time windows do)."""
     if exact.frame_indices is None:
         raise ValueError("combine: 'exact' must be a frame selection (select_frames of known frames)")
     if exact.num_frames != other.num_frames:
@@ -172,15 +179,17 @@ def combine(exact: Observation, other: Observation) -> Observation:
     y_e, y_o = exact.y, other.y
     b = max(y_e.shape[0], y_o.shape[0])
     y = torch.cat([y_e.expand(b, *y_e.shape[1:]).flatten(1), y_o.expand(b, *y_o.shape[1:]).flatten(1)], dim=1)
-    return Observation(y=y, operator=operator, num_frames=exact.num_frames, exact=exact)
+    project = None
+    if other.project is not None:
+        def project(x: Tensor) -> Tensor:
+            return exact.project(other.project(x))
+    return Observation(y=y, operator=operator, num_frames=exact.num_frames, exact=exact, project=project)
 
 
-def check_observation(observation: Observation, noise: Tensor, method: str) -> None:
-    """Raise ``ValueError`` unless ``observation`` fits a sampling of ``noise`` (``[B, C, F, H, W]``) by ``method``."""
+def check_observation(observation: Observation, noise: Tensor) -> None:
+    """Raise ``ValueError`` unless ``observation`` fits a sampling of ``noise`` (``[B, C, F, H, W]``)."""
     if not isinstance(observation, Observation):
         raise TypeError(f"observation must be a vdm_core.guidance.Observation, got {type(observation).__name__}")
-    if method not in ("reconstruction", "replacement", "both"):
-        raise ValueError(f"method must be 'reconstruction', 'replacement' or 'both', got {method!r}")
     if noise.ndim != 5:
         raise ValueError(f"noise must be [B, C, F, H, W], got shape {tuple(noise.shape)}")
     if observation.num_frames != noise.shape[2]:
@@ -192,11 +201,6 @@ def check_observation(observation: Observation, noise: Tensor, method: str) -> N
     if y.shape[0] not in (1, noise.shape[0]):
         raise ValueError(f"observation y has batch {y.shape[0]} but noise has batch {noise.shape[0]} "
                          f"(y's batch must equal it or be 1)")
-    if method == "replacement" and observation.frame_indices is None:
-        raise ValueError(
-            "method 'replacement' needs an observation that is a pure frame selection (select_frames of "
-            "known frames); this observation is not (e.g. upscaling) — use method 'both' or 'reconstruction'"
-        )
     with torch.no_grad():
         try:
             ay = observation.operator(torch.zeros_like(noise, dtype=torch.float32))
@@ -210,47 +214,3 @@ def check_observation(observation: Observation, noise: Tensor, method: str) -> N
         )
 
 
-def reconstruction_guided_x(model, z: Tensor, phi: float, observation: Observation, weight: float) -> Tensor:
-    """``x̃ = x̂ − (w_r·α/2)·∇_z ‖y − A(x̂(z))‖²`` (VDM eq. 7/8; sum over observed elements).
-
-    ``x̂ = α z − σ v̂(z, φ)``, differentiated through ``model`` with one backward pass. Works when called
-    under ``torch.inference_mode()``: the graph is built on a clone of ``z`` outside inference mode and
-    freed before returning. Returns ``x̃`` detached, in ``z``'s dtype.
-    """
-    a, s = math.cos(phi), math.sin(phi)
-    with torch.inference_mode(False), torch.enable_grad():
-        zz = z.clone().requires_grad_(True)
-        y = observation.y.to(device=z.device, dtype=z.dtype).clone()
-        phis = torch.full((z.shape[0],), phi, device=z.device, dtype=torch.float32)
-        try:
-            v = model(zz, phis).to(z.dtype)
-            x_hat = a * zz - s * v
-            loss = (y - observation.operator(x_hat)).pow(2).sum()
-            (grad,) = torch.autograd.grad(loss, zz)
-        except RuntimeError as e:
-            if "Inference tensors cannot be saved for backward" in str(e):
-                raise RuntimeError(
-                    "reconstruction guidance needs gradients through the model, but the model's weights are "
-                    "inference tensors: build/load the model outside torch.inference_mode() "
-                    "(sampling itself may run inside it)"
-                ) from e
-            raise
-    return x_hat.detach() - (weight * a / 2) * grad
-
-
-def replace_observed(z: Tensor, observation: Observation, phi: float, noise: Tensor) -> Tensor:
-    """Replacement (VDM §3.1): observed frames of ``z`` ← ``α·y + σ·ξ``, a fresh sample of ``q(z_φ | y)``.
-
-    ``noise`` is ``ξ``, shaped like ``z``'s observed frames ``[B, C, n, H, W]``; draw it anew every step.
-    Out of place: returns a new tensor.
-    """
-    idx = torch.tensor(observation.frame_indices, device=z.device)
-    y = observation.y.to(device=z.device, dtype=z.dtype).expand_as(noise)
-    return z.index_copy(2, idx, math.cos(phi) * y + math.sin(phi) * noise.to(z))
-
-
-def set_observed(x: Tensor, observation: Observation) -> Tensor:
-    """Observed frames of ``x`` ← ``y`` (frame selections only). Out of place."""
-    idx = torch.tensor(observation.frame_indices, device=x.device)
-    shape = (x.shape[0], *observation.y.shape[1:])
-    return x.index_copy(2, idx, observation.y.to(device=x.device, dtype=x.dtype).expand(shape))

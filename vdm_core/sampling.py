@@ -1,18 +1,26 @@
-"""DDIM sampling of a v-prediction model in angle form (seed notes; PD; vdm-reference §1.4–1.5, §1.10).
+"""DDIM sampling of a v-prediction model in angle form, in the shape of k-diffusion's samplers.
 
-One step from angle ``φ_t`` to ``φ_s < φ_t``:
+The loop, :func:`ddim`, steps a *denoiser* ``D(z, φ) → x̃`` (float32 ``[B, C, F, H, W]`` in and out)
+over an angle grid ``φ_0 > φ_1 > … > φ_N`` that the caller passes in (``schedule.sampling_angles`` for
+this pack's models; another model's own schedule converted to angles). One step from ``φ_t`` to ``φ_s``
+(DDIM eq. 16 in α/σ form; vdm-reference §1.4–1.5):
 
-* η = 0, unmodified prediction: ``z_s = cos(φ_s − φ_t)·z_t + sin(φ_s − φ_t)·v̂`` (the seed's form;
-  ``sin(φ_s − φ_t) < 0``).
-* In general, with ``x̃`` the (clipped / guided) prediction and ``ε̃ = (z_t − α_t x̃)/σ_t``:
-  ``z_s = α_s x̃ + sqrt(σ_s² − c²)·ε̃ + c·ξ`` with ``c = η·(σ_s/σ_t)·sqrt(1 − α_t²/α_s²)``
-  (DDIM eq. 16 in α/σ form; η = 1 is ancestral sampling, equal to VDM's γ = 0 step).
+    ε̃ = (z_t − α_t x̃)/σ_t,   z_s = α_s x̃ + sqrt(σ_s² − c²)·ε̃ + c·ξ,   c = η·(σ_s/σ_t)·sqrt(1 − α_t²/α_s²)
 
-Conditioning on an :class:`~vdm_core.guidance.Observation` (``y = A(x)``) is done per step by
-reconstruction guidance (VDM eq. 7/8), replacement (VDM §3.1), or both; see :func:`sample`.
+With η = 0 and ``x̃ = x̂ = α_t z_t − σ_t v̂`` this is the seed's ``z_s = cos(φ_s − φ_t)·z_t +
+sin(φ_s − φ_t)·v̂``; η = 1 is ancestral sampling (VDM's γ = 0 step).
 
-The model is any callable ``model(z, phi) -> v̂`` (``z``: ``[B, C, F, H, W]``, ``phi``: ``[B]``).
-All sampler arithmetic is float32 whatever dtype the model computes in.
+Conditioning on an observation ``y = A(x)`` (:mod:`vdm_core.guidance`) is a wrapper around the
+denoiser, each defined once here and composed by ``method`` in :func:`conditioned`:
+
+* :func:`guided` — reconstruction guidance, ``x̃ = x̂ − (w_r·α_t/2)·∇_{z_t}‖y − A(x̂(z_t))‖²`` (VDM eq. 7/8);
+* :func:`replaced` — replacement (VDM §3.1): known frames of ``z_t`` ← ``α_t y + σ_t ξ``, of ``x̃`` ← ``y``;
+* :func:`projected` — from a given angle on, ``x̃`` ← the nearest clip with ``A(x̃) = y``
+  (``Observation.project``: block means for upscaling);
+* :func:`clipped` — ``x̃`` clamped to [-1, 1] (leave it out for latents, which are not in [-1, 1]).
+
+The model is any callable ``model(z, phi) -> v̂`` (``phi``: ``[B]`` angles); :func:`predict_x` turns it
+into a denoiser. All sampler arithmetic is float32 whatever dtype the model computes in.
 """
 from __future__ import annotations
 
@@ -22,30 +30,16 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .guidance import (DEFAULT_GUIDANCE_WEIGHT, Observation, check_observation, reconstruction_guided_x,
-                       replace_observed, set_observed)
-from .schedule import sampling_angles
+from .guidance import DEFAULT_GUIDANCE_WEIGHT, Observation, check_observation
+from .schedule import eps_from_x, x_from_v
 
+Denoiser = Callable[[Tensor, float], Tensor]
+"""``D(z, φ) → x̃``: the clean clip predicted from ``z`` at angle ``φ`` (float32, ``z``'s shape)."""
 Callback = Callable[[int, int, Tensor], None]
+"""``callback(step, steps, x̃)`` after every step; an exception raised there stops sampling."""
 
-
-def dynamic_threshold(x: Tensor, percentile: float = 0.995) -> Tensor:
-    """Imagen's dynamic thresholding: per clip, ``s = max(1, quantile(|x|, p))``, ``x ← clip(x, −s, s)/s``."""
-    s = torch.quantile(x.flatten(1).abs().float(), percentile, dim=1).clamp(min=1.0)
-    s = s.reshape(-1, *([1] * (x.ndim - 1)))
-    return x.clamp(-s, s) / s
-
-
-def ddim_coefficients(phi_t: float, phi_s: float, eta: float = 0.0) -> tuple[float, float, float]:
-    """``(α_s, sqrt(σ_s² − c²), c)`` of the step ``z_s = α_s x̃ + sqrt(σ_s² − c²)·ε̃ + c·ξ``.
-
-    ``c = η·(σ_s/σ_t)·sqrt(1 − α_t²/α_s²)``, capped at ``σ_s`` (η > 1 cannot add more noise than that).
-    """
-    a_s, s_s = math.cos(phi_s), math.sin(phi_s)
-    a_t, s_t = math.cos(phi_t), math.sin(phi_t)
-    c = eta * (s_s / s_t) * math.sqrt(max(0.0, 1.0 - (a_t / a_s) ** 2)) if eta > 0 else 0.0
-    c = min(c, s_s)
-    return a_s, math.sqrt(max(0.0, s_s * s_s - c * c)), c
+METHODS = ("reconstruction", "replacement", "both")
+"""How an observation conditions sampling (:func:`conditioned`)."""
 
 
 def _randn(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -54,104 +48,169 @@ def _randn(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float32, device=device).to(like.device)
 
 
+def ddim_coefficients(phi_t: float, phi_s: float, eta: float = 0.0) -> tuple[float, float, float]:
+    """``(α_s, sqrt(σ_s² − c²), c)`` of the step ``z_s = α_s x̃ + sqrt(σ_s² − c²)·ε̃ + c·ξ``;
+    ``c`` is capped at ``σ_s`` (η > 1 cannot add more noise than that)."""
+    a_s, s_s = math.cos(phi_s), math.sin(phi_s)
+    a_t, s_t = math.cos(phi_t), math.sin(phi_t)
+    c = eta * (s_s / s_t) * math.sqrt(max(0.0, 1.0 - (a_t / a_s) ** 2)) if eta > 0 else 0.0
+    c = min(c, s_s)
+    return a_s, math.sqrt(max(0.0, s_s * s_s - c * c)), c
+
+
 def ddim_step(z: Tensor, x: Tensor, phi_t: float, phi_s: float, eta: float = 0.0,
               generator: torch.Generator | None = None) -> Tensor:
-    """``z_s = α_s x̃ + sqrt(σ_s² − c²)·ε̃ + c·ξ`` with ``ε̃`` recomputed from ``x̃`` (see module doc)."""
-    eps = (z - math.cos(phi_t) * x) / math.sin(phi_t)  # ε̃ = (z_t − α_t x̃)/σ_t, angles in float64
+    """``z_s = α_s x̃ + sqrt(σ_s² − c²)·ε̃ + c·ξ`` with ``ε̃ = (z_t − α_t x̃)/σ_t`` (``schedule.eps_from_x``)."""
+    eps = eps_from_x(z, x, torch.tensor(phi_t, dtype=torch.float64))
     a_s, e, c = ddim_coefficients(phi_t, phi_s, eta)
     z_s = a_s * x + e * eps
-    if c > 0:
-        z_s = z_s + c * _randn(z.shape, z, generator).to(z.dtype)
-    return z_s
+    return z_s + c * _randn(z.shape, z, generator).to(z.dtype) if c > 0 else z_s
 
 
-def angle_step(z: Tensor, v: Tensor, phi_t: float, phi_s: float) -> Tensor:
-    """The seed's angle-form DDIM step ``z_s = cos(φ_s − φ_t)·z_t + sin(φ_s − φ_t)·v̂`` (η = 0)."""
-    d = phi_s - phi_t
-    return math.cos(d) * z + math.sin(d) * v
-
-
-def _clip(x: Tensor, clip_x: bool | str) -> Tensor | None:
-    if clip_x == "dynamic":
-        return dynamic_threshold(x)
-    if clip_x is True:
-        return x.clamp(-1, 1)
-    return None
-
-
-@torch.no_grad()
-def sample(model, noise: Tensor, *, steps: int, eta: float = 0.0, generator: torch.Generator | None = None,
-           callback: Callback | None = None, clip_x: bool | str = True, observation: Observation | None = None,
-           guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, method: str = "reconstruction") -> Tensor:
-    """Sample ``x`` from ``noise`` (``z`` at the noise end, ``[B, C, F, H, W]``) in ``steps`` DDIM steps.
-
-    ``clip_x``: ``True`` clips x̂ to [-1, 1], ``"dynamic"`` applies dynamic thresholding, ``False``
-    leaves x̂ alone. ``callback(step, total, x_hat)`` runs after every step; an exception raised there
-    stops sampling. ``generator`` drives every random draw (η > 0 noise, replacement noise).
-
-    With an ``observation`` (``y = A(x)``, see :mod:`vdm_core.guidance`), each step conditions on it by
-    ``method``:
-
-    * ``"reconstruction"``: ``x̃ = x̂ − (w_r·α_t/2)·∇_{z_t}‖y − A(x̂(z_t))‖²`` (sum of squares; gradient
-      w.r.t. all of ``z_t``, one backward pass through the model per step), any differentiable ``A``.
-      Observed frames of the result are the model's, not overwritten (their error falls as w_r grows).
-    * ``"replacement"``: observed frames of ``z_t`` ← fresh ``α_t y + σ_t ξ`` every step, and of ``x̃``
-      ← ``y``. Frame selections only.
-    * ``"both"`` (VDM): replacement plus guidance of the generated frames; since ``x̃``'s observed
-      frames are then set to ``y``, the full gradient acts exactly as VDM's ``∇_{z^b_t}``. The frames
-      replaced are ``observation.selection``: all of a frame selection, the exact part of a
-      :func:`~vdm_core.guidance.combine`, none of e.g. a downsample (then ``"both"`` is reconstruction
-      here; ``tasks.run`` then also sets the block means, ``guidance.match_block_means``).
-
-    ``guidance_weight`` is ``w_r`` (``>= 0``; 0 turns guidance off). Near the data end ``∂x̂/∂z ≈ I``,
-    so on the observed values ``A(x̃) − y ≈ (1 − g)·(A(x̂) − y)`` with gain ``g = w_r·‖A Aᵀ‖`` (1 for a
-    frame selection, ``1/s²`` for area downsampling by ``s``): ``g > 2`` overshoots in the last steps.
-    On the exact model of Gaussian clips (tests) ``A(x)`` stays close to ``y`` with η = 0 up to
-    ``g ≈ 8`` at 50 steps, but diverges from ``g ≈ 4`` with η = 1. With ``"both"`` the observed frames
-    are replaced, only the generated frames are guided, and this does not arise. Then ``x̃`` is clipped (per
-    ``clip_x``), ``ε̃ = (z_t − α_t x̃)/σ_t`` recomputed, and the DDIM step taken. Works under
-    ``torch.inference_mode()`` if the model was built outside it. Returns the final x̃ (float32).
-    """
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    if not (clip_x is True or clip_x is False or clip_x == "dynamic"):
-        raise ValueError(f"clip_x must be True, False or 'dynamic', got {clip_x!r}")
-    if guidance_weight < 0:
-        raise ValueError(f"guidance_weight must be >= 0, got {guidance_weight}")
-    guide, known = False, None
-    if observation is not None:
-        check_observation(observation, noise, method)
-        guide = method in ("reconstruction", "both") and guidance_weight > 0
-        known = observation.selection if method != "reconstruction" else None  # frames to replace
-    phis = sampling_angles(steps).tolist()
-    z = noise.float()
-    b = z.shape[0]
-    x = z
-    for i in range(steps):
-        phi_t, phi_s = phis[i], phis[i + 1]
-        if known is not None:
-            n_obs = (b, *known.y.shape[1:])
-            z = replace_observed(z, known, phi_t, _randn(n_obs, z, generator))
-        if guide:
-            v = None
-            x = reconstruction_guided_x(model, z, phi_t, observation, guidance_weight)
-        else:
-            v = model(z, torch.full((b,), phi_t, device=z.device)).float()
-            x = math.cos(phi_t) * z - math.sin(phi_t) * v  # x̂ = α z − σ v̂
+def ddim(denoiser: Denoiser, z: Tensor, angles, *, eta: float = 0.0, generator: torch.Generator | None = None,
+         callback: Callback | None = None) -> Tensor:
+    """Step ``z`` (the state at ``angles[0]``) down the grid ``angles`` (decreasing, ≥ 2 entries) with
+    :func:`ddim_step`; returns the last ``x̃``. ``generator`` draws the η-noise ``ξ``."""
+    phis = [float(p) for p in angles]
+    if len(phis) < 2 or any(b >= a for a, b in zip(phis, phis[1:])) or not 0 < phis[-1] < phis[0] <= math.pi / 2:
+        raise ValueError("angles must decrease from at most π/2 to above 0, with at least 2 entries "
+                         "(one step); e.g. schedule.sampling_angles(steps)")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a number >= 0, got {eta}")
+    steps = len(phis) - 1
+    for i, (phi_t, phi_s) in enumerate(zip(phis, phis[1:])):
+        x = denoiser(z, phi_t)
         if not torch.isfinite(x).all():
-            what = "the guided prediction" if guide else "the model"
-            raise FloatingPointError(
-                f"{what} returned NaN/inf at step {i + 1}/{steps}; run the model in float32 or bfloat16"
-                + (" or lower guidance_weight" if guide else "")
-            )
-        if known is not None:
-            x = set_observed(x, known)
-        x_mod = _clip(x, clip_x)
-        if x_mod is None and eta == 0 and v is not None and known is None:
-            z = angle_step(z, v, phi_t, phi_s)
-        else:
-            x = x if x_mod is None else x_mod
-            z = ddim_step(z, x, phi_t, phi_s, eta, generator)
+            raise FloatingPointError(f"the prediction became NaN/inf at step {i + 1}/{steps}; run the model in "
+                                     "float32 or bfloat16, or lower the guidance weight")
+        z = ddim_step(z, x, phi_t, phi_s, eta, generator)
         if callback is not None:
             callback(i + 1, steps, x)
     return x
+
+
+# ---------------------------------------------------------------------------------------------- denoisers
+
+
+def predict_x(model) -> Denoiser:
+    """The denoiser of a v-model: ``x̂ = cos φ·z − sin φ·v̂(z, φ)`` (``schedule.x_from_v``)."""
+
+    def denoise(z: Tensor, phi: float) -> Tensor:
+        v = model(z, torch.full((z.shape[0],), phi, device=z.device)).to(z.dtype)
+        return x_from_v(z, v, torch.tensor(phi, dtype=torch.float64))
+
+    return denoise
+
+
+def clipped(denoiser: Denoiser) -> Denoiser:
+    """``x̃`` clamped to [-1, 1] (pixel-space models; ε̃ is then recomputed from it by the step)."""
+    return lambda z, phi: denoiser(z, phi).clamp(-1, 1)
+
+
+def guided(denoiser: Denoiser, observation: Observation, weight: float) -> Denoiser:
+    """Reconstruction guidance (VDM eq. 7/8): ``x̃ = x̂ − (w_r·α/2)·∇_z ‖y − A(x̂(z))‖²``, the squared
+    error SUMMED over observed elements (a mean would divide ``w_r`` by their count), the gradient taken
+    through the denoiser by one backward pass on a fresh leaf every call (the graph never spans steps).
+    Works when called under ``torch.inference_mode()`` if the model's weights were made outside it."""
+
+    def denoise(z: Tensor, phi: float) -> Tensor:
+        with torch.inference_mode(False), torch.enable_grad():
+            zz = z.clone().requires_grad_(True)
+            y = observation.y.to(device=z.device, dtype=z.dtype).clone()
+            try:
+                x = denoiser(zz, phi)
+                (grad,) = torch.autograd.grad((y - observation.operator(x)).pow(2).sum(), zz)
+            except RuntimeError as e:
+                if "Inference tensors cannot be saved for backward" in str(e):
+                    raise RuntimeError(
+                        "reconstruction guidance needs gradients through the model, but the model's weights are "
+                        "inference tensors: build/load the model outside torch.inference_mode() "
+                        "(sampling itself may run inside it)") from e
+                raise
+        return x.detach() - (weight * math.cos(phi) / 2) * grad
+
+    return denoise
+
+
+def replaced(denoiser: Denoiser, known: Observation, generator: torch.Generator | None = None) -> Denoiser:
+    """Replacement (VDM §3.1) of the frames ``known`` selects (``known.frame_indices``): before the
+    denoiser, ``z``'s known frames ← a fresh forward sample ``α·y + σ·ξ`` (new ``ξ`` from ``generator``
+    every call); after it, ``x̃``'s known frames ← ``y``."""
+    if known.frame_indices is None:
+        raise ValueError("replaced: the observation must be a frame selection (select_frames of known frames)")
+
+    def denoise(z: Tensor, phi: float) -> Tensor:
+        idx = torch.tensor(known.frame_indices, device=z.device)
+        shape = (z.shape[0], *known.y.shape[1:])
+        y = known.y.to(device=z.device, dtype=z.dtype).expand(shape)
+        z = z.index_copy(2, idx, math.cos(phi) * y + math.sin(phi) * _randn(shape, z, generator))
+        return denoiser(z, phi).index_copy(2, idx, y)
+
+    return denoise
+
+
+def projected(denoiser: Denoiser, observation: Observation, below: float) -> Denoiser:
+    """For ``φ ≤ below``: ``x̃`` ← ``observation.project(x̃)``, the nearest clip (L2) that agrees with
+    ``y`` — an orthogonal projection for linear ``A``, so never farther from the truth. With ``below`` the
+    last step's angle it moves only the final prediction."""
+    if observation.project is None:
+        raise ValueError("projected: the observation has no projection (its operator has no pseudo-inverse)")
+
+    def denoise(z: Tensor, phi: float) -> Tensor:
+        x = denoiser(z, phi)
+        return observation.project(x) if phi <= below else x
+
+    return denoise
+
+
+def conditioned(model, observation: Observation | None = None, *, method: str = "both",
+                guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, clip: bool = True,
+                generator: torch.Generator | None = None, final_angle: float | None = None) -> Denoiser:
+    """The denoiser of v-model ``model`` conditioned on ``observation`` by ``method``:
+
+    * ``"reconstruction"``: ``guided`` with the full ``∇_{z_t}``; observed frames are the model's own
+      (their error falls as ``w_r`` grows). Near the data end ``∂x̂/∂z ≈ I``, so on the observed values
+      ``A(x̃) − y ≈ (1 − g)·(A(x̂) − y)`` with gain ``g = w_r·‖A Aᵀ‖`` (1 for a frame selection, ``1/s²``
+      for area downsampling by ``s``): ``g > 2`` overshoots in the last steps.
+    * ``"replacement"``: ``replaced`` only; needs a pure frame selection.
+    * ``"both"`` (VDM): ``replaced`` on the frames known exactly (``observation.selection``, if any) around
+      ``guided`` of everything, so the guidance acts on the generated frames as VDM's ``∇_{z^b_t}``;
+      then, where the observation has a projection, ``projected`` at ``final_angle`` (the last step's
+      angle): upscaled frames end with the input's block means exactly.
+
+    ``guidance_weight`` is ``w_r`` (≥ 0; 0 turns guidance off), ``clip`` clamps ``x̃`` to [-1, 1] (after the
+    guidance, whose gradient needs the unclipped ``x̂``). ``generator`` draws the replacement noise.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not (math.isfinite(guidance_weight) and guidance_weight >= 0):
+        raise ValueError(f"guidance_weight must be a number >= 0, got {guidance_weight}")
+    den = predict_x(model)
+    if observation is not None:
+        known = observation.selection if method != "reconstruction" else None
+        if method == "replacement" and observation.frame_indices is None:
+            raise ValueError("method 'replacement' needs an observation that is a pure frame selection (frames "
+                             "known exactly); this one is not (e.g. upscaling): use 'both' or 'reconstruction'")
+        if method != "replacement" and guidance_weight > 0:
+            den = guided(den, observation, guidance_weight)
+        if known is not None:
+            den = replaced(den, known, generator)
+    if clip:
+        den = clipped(den)
+    if observation is not None and method == "both" and observation.project is not None and final_angle is not None:
+        den = projected(den, observation, final_angle)
+    return den
+
+
+def sample(model, noise: Tensor, angles, *, observation: Observation | None = None, method: str = "both",
+           guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, eta: float = 0.0, clip: bool = True,
+           generator: torch.Generator | None = None, callback: Callback | None = None) -> Tensor:
+    """Sample ``x`` (float32 ``[B, C, F, H, W]``) from ``noise`` (``ε``, that shape) with v-model ``model``
+    down the angle grid ``angles``: :func:`ddim` from ``z = sin φ_0·ε`` with the :func:`conditioned`
+    denoiser. ``generator`` drives every random draw (η-noise, replacement noise)."""
+    phis = [float(p) for p in angles]
+    if observation is not None:
+        check_observation(observation, noise)
+    den = conditioned(model, observation, method=method, guidance_weight=guidance_weight, clip=clip,
+                      generator=generator, final_angle=phis[-2] if len(phis) > 1 else None)
+    return ddim(den, math.sin(phis[0]) * noise.float(), phis, eta=eta, generator=generator, callback=callback)

@@ -33,12 +33,12 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from . import guidance, sampling
+from .schedule import sampling_angles
 
 Callback = Callable[[int, int, Tensor], None]
 """``callback(done, total, preview)``: ``done``/``total`` count tile-steps of the whole job (known up
 front); ``preview`` is x̂ of the current window, ``[C, F, H, W]`` in [-1, 1] on the CPU. Raising stops."""
 
-METHODS = ("reconstruction", "replacement", "both")
 RANGE_EPS = 1e-3  # clip values may overshoot [-1, 1] by this much (rounding in conversions)
 
 
@@ -357,14 +357,10 @@ def _execute(model, p: Plan, out: Tensor, low: Tensor | None, k: int, s: int, *,
              method, seed, callback, device=None) -> Tensor:
     """Sample ``p``'s windows in order into ``out`` (CPU ``[C, F_out, H_out, W_out]``, known frames
     already in place); ``low``: the low-resolution input, output frame i ↔ its frame ``i // k``."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if s > 1 and method == "replacement":
-        raise ValueError("upscaling needs guidance (method 'both' or 'reconstruction'); 'replacement' "
-                         "only works for frames known exactly")
     _int("steps", steps, 1)
     _int("seed", seed, 0)
     weight = default_guidance_weight(s) if guidance_weight is None else float(guidance_weight)
+    angles = sampling_angles(steps).tolist()
     device = _device(model, device)
     net = TiledModel(model, p.rows, p.cols) if p.tiles > 1 else model
     c, _, h, w = p.shape
@@ -378,13 +374,9 @@ def _execute(model, p: Plan, out: Tensor, low: Tensor | None, k: int, s: int, *,
         if callback is not None:
             def cb(step, _steps, x, done=done):
                 callback(done + step * per_step, total, x[0].detach().float().clamp(-1, 1).cpu())
-        x = sampling.sample(net, noise, steps=steps, eta=eta, generator=gen, callback=cb,
-                            observation=_observation(win, out, low, k, s, device),
-                            guidance_weight=weight, method=method)
+        x = sampling.sample(net, noise, angles, observation=_observation(win, out, low, k, s, device),
+                            method=method, guidance_weight=weight, eta=eta, generator=gen, callback=cb)
         x = x[0].detach().float().cpu()
-        if win.low and method == "both":  # known block means replaced, as known frames are
-            idx = [i - win.start for i in win.low]
-            x[:, idx] = guidance.match_block_means(x[None, :, idx], low[None, :, [i // k for i in win.low]], s)[0]
         out[:, list(win.new)] = x[:, [j - win.start for j in win.new]].clamp(-1, 1)
     return out
 

@@ -141,10 +141,11 @@ def train(cfg: TrainConfig, resume: str | None = None, device=None, log=None) ->
 def write_sample(model: UNet3D, path: Path, cfg: TrainConfig) -> None:
     """One unconditional sample of the EMA model, written as a GIF."""
     from .sampling import sample
+    from .schedule import sampling_angles
     from .video_io import write_video
 
     model.eval()
     noise = torch.randn((1, cfg.model.channels, cfg.frames, cfg.size, cfg.size),
                         generator=torch.Generator().manual_seed(0))
-    clip = sample(model, noise.to(model.device), steps=cfg.sample_steps)
+    clip = sample(model, noise.to(model.device), sampling_angles(cfg.sample_steps))
     write_video(path, clip[0].cpu(), fps=10)  # GIF delays are whole 1/100 s: 10 fps is exact

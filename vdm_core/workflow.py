@@ -27,14 +27,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from . import checkpoint, data, tasks
+from . import checkpoint, data, sampling, tasks
 from .guidance import DEFAULT_GUIDANCE_WEIGHT
 from .unet3d import UNet3D
 
 BUNDLED_NAME = "vdm-sprites-16 (bundled)"
 """The ``model_name`` of the model shipped inside the package (``checkpoint.BUNDLED``)."""
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-METHODS = tasks.METHODS
+METHODS = sampling.METHODS
 DEFAULT_FPS = 8.0
 """Frame rate of unconditional clips and of clips whose frame rate nobody gave (the sprites' rate)."""
 DEFAULT_STEPS = 32
