@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from vdm_core import checkpoint
-from vdm_core.runner import run_workflow
+from vdm_app.batch import run_workflow
 from vdm_core.sampling import sample
 from vdm_core.schedule import sampling_angles
 from vdm_core.video_io import read_video, write_video

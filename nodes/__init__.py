@@ -1,13 +1,11 @@
-"""ComfyUI V3 nodes of comfyui-vdm: thin adapters over :mod:`vdm_core.workflow` (no math here).
-
-ComfyUI imports the pack directory as a package and calls :func:`comfy_entrypoint`.
-"""
+"""ComfyUI V3 nodes of comfyui-vdm: thin adapters over the node spec and job functions of ``vdm_app``
+(no math here). ComfyUI imports the pack directory as a package and calls :func:`comfy_entrypoint`."""
 from comfy_api.latest import ComfyExtension, io
 
-from .jobs import VDMExtendClip, VDMInterpolateFrames, VDMUpscaleVideo
+from .jobs import VDMExtendClip, VDMInterpolateFrames, VDMSpriteClip, VDMUpscaleVideo
 from .load import VDMLoadModel
 from .sample import VDMSampleDDIMv
-from .sprites import VDMSpriteClip
+from .sample_clip import put_sample_clip
 
 NODES: list[type[io.ComfyNode]] = [
     VDMLoadModel, VDMSampleDDIMv, VDMExtendClip, VDMInterpolateFrames, VDMUpscaleVideo, VDMSpriteClip,
@@ -20,4 +18,5 @@ class VDMExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> VDMExtension:
+    put_sample_clip()
     return VDMExtension()

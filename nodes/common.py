@@ -1,4 +1,4 @@
-"""What every VDM node shares: the custom socket types and ComfyUI's services as vdm_core.workflow hooks."""
+"""What every VDM node shares: V3 schemas built from the node spec, and ComfyUI's services as job hooks."""
 from __future__ import annotations
 
 import comfy.model_management as mm
@@ -7,45 +7,63 @@ import torch
 from comfy.cli_args import args
 from comfy_api.latest import io
 
-from ..vdm_core import workflow
+from ..vdm_app import jobs, spec
 
-VDMModel = io.Custom("VDM_MODEL")
-VDMJob = io.Custom("VDM_JOB")
-
-AUTO = "0 = automatic"
-WINDOW_TOOLTIP = (f"Frames sampled together in one window ({AUTO}: the model's native frame count). Longer clips "
-                  "are made window by window. Lower it if you run out of memory.")
-TILE_TOOLTIP = (f"Tile size in pixels for frames larger than the model ({AUTO}: the model's native resolution). "
-                "Tiles overlap and are blended at every step. Lower it if you run out of memory.")
+CUSTOM = {"VDM_MODEL": io.Custom("VDM_MODEL"), "VDM_JOB": io.Custom("VDM_JOB")}
+SOCKETS = {"IMAGE": io.Image, "AUDIO": io.Audio, **CUSTOM}
 
 
-def clip_inputs() -> list:
-    """The clip a job node works on: frames + fps + audio, or an upstream job."""
-    return [
-        io.Image.Input("frames", optional=True,
-                       tooltip="The clip: an IMAGE batch, one image per frame (e.g. from Load Video → Get Video "
-                               "Components, VideoHelperSuite's Load Video, or Sprite Clip). Leave it unconnected "
-                               "when you connect `job`."),
-        io.Float.Input("fps", optional=True, default=workflow.DEFAULT_FPS, min=0.01, max=1000.0, step=0.01,
-                       tooltip="Frame rate of `frames` (frames per second). Ignored when `job` is connected: "
-                               "a chained job keeps its own frame rate."),
-        io.Audio.Input("audio", optional=True,
-                       tooltip="Sound of the clip (optional). It is passed on to the sampler's `audio` output; "
-                               "extension pads it with silence to the new length."),
-        VDMJob.Input("job", optional=True,
-                     tooltip="An upstream VDM job instead of `frames`: the jobs are combined and sampled in one "
-                             "pass (e.g. Interpolate Frames → Upscale Video)."),
-    ]
+def _input(inp: spec.Input, options=None):
+    common = dict(tooltip=inp.tooltip, optional=inp.optional)
+    if inp.type == "INT":
+        extra = {"control_after_generate": True} if inp.seed else {}
+        return io.Int.Input(inp.name, default=inp.default, min=inp.min, max=inp.max, **extra, **common)
+    if inp.type == "FLOAT":
+        return io.Float.Input(inp.name, default=inp.default, min=inp.min, max=inp.max, step=inp.step, round=0.001,
+                              **common)
+    if inp.type == "COMBO":
+        return io.Combo.Input(inp.name, options=list(options or inp.options), default=inp.default, **common)
+    return SOCKETS[inp.type].Input(inp.name, **common)
 
 
-def job_output() -> list:
-    return [VDMJob.Output("vdm_job", display_name="job",
-                          tooltip="The job description; connect it to Sample DDIM-v (or to another job node to "
-                                  "combine jobs).")]
+def schema(node_id: str, options: dict[str, list[str]] | None = None) -> io.Schema:
+    """The V3 schema of node ``node_id`` from ``spec.NODES``; ``options``: COMBO choices the host lists."""
+    node = spec.NODES[node_id]
+    return io.Schema(
+        node_id=node.node_id, display_name=node.display_name, category=node.category, description=node.description,
+        inputs=[_input(i, (options or {}).get(i.name)) for i in node.inputs],
+        outputs=[SOCKETS.get(o.type, io.Float).Output(o.name, display_name=o.display_name or o.name, tooltip=o.tooltip)
+                 for o in node.outputs],
+    )
+
+
+def run(node_id: str, inputs: dict, **hooks) -> io.NodeOutput:
+    """``spec.call`` of the node; its errors reach the artist as ``ValueError: <node>: <what to change>``
+    (not under the pack's module path)."""
+    try:
+        return io.NodeOutput(*spec.call(node_id, inputs, **hooks))
+    except ValueError as e:
+        if type(e) is ValueError:
+            raise
+        raise ValueError(str(e)) from None
+
+
+class SpecNode(io.ComfyNode):
+    """A node whose schema and execution come from ``spec.NODES[NODE_ID]`` with no host services."""
+
+    NODE_ID = ""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(cls.NODE_ID)
+
+    @classmethod
+    def execute(cls, **inputs) -> io.NodeOutput:
+        return run(cls.NODE_ID, inputs)
 
 
 def progress_hook():
-    """``progress(done, total, preview)`` for vdm_core.workflow: a ComfyUI ProgressBar with a JPEG frame
+    """``progress(done, total, preview)`` for the job functions: a ComfyUI ProgressBar with a JPEG frame
     strip of the current x̂; every call is a cancel point."""
     bar = None
 
@@ -54,13 +72,13 @@ def progress_hook():
         mm.throw_exception_if_processing_interrupted()
         if bar is None:
             bar = comfy.utils.ProgressBar(total)
-        picture = None if preview is None else ("JPEG", workflow.preview_strip(preview), args.preview_size)
+        picture = None if preview is None else ("JPEG", jobs.preview_strip(preview), args.preview_size)
         bar.update_absolute(done, total, picture)
 
     return progress
 
 
-def load_to_device(model: workflow.VDMModel, memory_required: int) -> torch.nn.Module:
+def load_to_device(model: jobs.VDMModel, memory_required: int) -> torch.nn.Module:
     """Put the network on ComfyUI's torch device through its model manager (one load_models_gpu call).
     Whole model: its layers are plain torch layers, which ComfyUI cannot load partially."""
     mm.load_models_gpu([model.handle], memory_required=memory_required, force_full_load=True)

@@ -10,8 +10,8 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..vdm_core import checkpoint, workflow
-from .common import VDMModel
+from ..vdm_app import spec
+from .common import SpecNode, run, schema
 
 FOLDER = "vdm"
 EXTENSIONS = {".safetensors", ".sft"}
@@ -42,38 +42,18 @@ class VDMNetwork(torch.nn.Module):
         self.net = network
 
 
-class VDMLoadModel(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="VDM_LoadModel",
-            display_name="Load VDM",
-            category="VDM/loaders",
-            description="Loads a Video Diffusion Model: the bundled sprites model or a checkpoint (.safetensors "
-                        "written by `vdm train`) from models/vdm. ComfyUI moves it to the GPU when a sampler "
-                        "needs it and frees it like any other model.",
-            inputs=[
-                io.Combo.Input("model_name", options=[workflow.BUNDLED_NAME] + folder_paths.get_filename_list(FOLDER),
-                               default=workflow.BUNDLED_NAME,
-                               tooltip="The model. 'vdm-sprites-16 (bundled)' ships with the pack (16 frames of "
-                                       "16×16, moving sprites); put your own checkpoints into models/vdm."),
-                io.Combo.Input("dtype", options=list(workflow.DTYPES), default="auto",
-                               tooltip="Number format of the weights. auto: bf16 on a GPU that supports it, fp32 "
-                                       "otherwise. fp16 saves memory but can overflow (NaN) with some models."),
-            ],
-            outputs=[VDMModel.Output("model", display_name="model",
-                                     tooltip="The loaded model; connect it to Sample DDIM-v.")],
-        )
+class VDMLoadModel(SpecNode):
+    NODE_ID = "VDM_LoadModel"
 
     @classmethod
-    def execute(cls, model_name: str, dtype: str = "auto") -> io.NodeOutput:
+    def define_schema(cls) -> io.Schema:
+        return schema(cls.NODE_ID, {"model_name": [spec.BUNDLED_NAME] + folder_paths.get_filename_list(FOLDER)})
+
+    @classmethod
+    def execute(cls, **inputs) -> io.NodeOutput:
         device = mm.get_torch_device()
-        try:
-            (model,) = workflow.load_model(
-                model_name, dtype, device=device,
-                resolve_path=lambda name: folder_paths.get_full_path_or_raise(FOLDER, name))
-        except checkpoint.CheckpointError as e:  # shown as "ValueError: …", not under the pack's module path
-            raise ValueError(f"Load VDM: {e}") from None
+        (model,) = run(cls.NODE_ID, inputs, device=device,
+                       resolve_path=lambda name: folder_paths.get_full_path_or_raise(FOLDER, name)).args
         patcher = comfy.model_patcher.ModelPatcher(VDMNetwork(model.network), load_device=device,
                                                    offload_device=mm.unet_offload_device())
         return io.NodeOutput(dataclasses.replace(model, handle=patcher))

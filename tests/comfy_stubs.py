@@ -306,8 +306,12 @@ def _folder_paths(models_dir: str):
             raise FileNotFoundError(f"Model in folder '{folder_name}' with filename '{filename}' not found.")
         return p
 
+    def get_input_directory():  # ComfyUI: <base>/input beside <base>/models
+        return os.path.join(os.path.dirname(models_dir), "input")
+
     fp.add_model_folder_path, fp.get_filename_list = add_model_folder_path, get_filename_list
     fp.get_full_path, fp.get_full_path_or_raise = get_full_path, get_full_path_or_raise
+    fp.get_input_directory = get_input_directory
     return fp
 
 

@@ -1,11 +1,13 @@
-"""`vdm sample / extend / interpolate / upscale` on a tiny clip with a tiny checkpoint."""
+"""`vdm sample / extend / interpolate / upscale` on a tiny clip with a tiny checkpoint: results, the flags
+the node spec gives them, and every bad input refused in one line before any compute is spent."""
 from fractions import Fraction
 
 import pytest
 import torch
 
-from vdm_core import checkpoint, video_io
-from vdm_core.cli import main
+from vdm_app import cli, spec
+from vdm_app.cli import main
+from vdm_core import checkpoint, tasks, video_io
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
 
@@ -34,15 +36,15 @@ def test_extend_keeps_fps_and_audio(files, capsys):
     assert run(files, "extend", clip, "-o", str(out), "--frames", "2") == 0
     info = video_io.probe(out)
     assert (info.frames, info.fps, info.width, info.height, info.has_audio) == (5, Fraction(12), 8, 8, True)
-    err = capsys.readouterr().err
-    assert "vdm extend: 5 frames of 8x8" in err and "1 window(s) x 1 tile(s) x 1 steps" in err
-    assert "1/1" in err  # the progress bar reached the end
+    captured = capsys.readouterr()
+    assert "vdm extend" in captured.err and "1/1" in captured.err  # the progress bar reached the end
+    assert captured.out.strip() == str(out)
 
 
 def test_interpolate_multiplies_fps(files):
     d, _, clip = files
     out = d / "interpolated.mp4"
-    assert run(files, "interpolate", clip, "-o", str(out), "--multiplier", "2") == 0
+    assert run(files, "interpolate", clip, "-o", str(out), "-k", "2") == 0
     info = video_io.probe(out)
     assert (info.frames, info.fps, info.has_audio) == (5, Fraction(24), True)
 
@@ -58,37 +60,69 @@ def test_upscale_multiplies_size(files):
 def test_sample_writes_requested_frames_size_and_fps(files):
     d, _, _ = files
     out = d / "sampled"  # a folder of PNGs
-    assert run(files, "sample", "-o", str(out), "--frames", "3", "--size", "8x6", "--fps", "10", "--seed", "2") == 0
+    assert run(files, "sample", "-o", str(out), "--frames", "3", "--width", "8", "--height", "6", "--fps", "10",
+               "--seed", "2") == 0
     clip = video_io.read_video(out, fps=10)
     assert clip.frames.shape == (3, 3, 6, 8)
 
 
+def test_sample_defaults_to_the_models_native_size(files):
+    d, _, _ = files
+    out = d / "native.mp4"
+    assert run(files, "sample", "-o", str(out)) == 0
+    info = video_io.probe(out)
+    assert (info.frames, info.width, info.height, float(info.fps)) == (4, 8, 8, spec.DEFAULT_FPS)
+
+
+def test_cli_flags_have_the_node_defaults():
+    """Every job command's flags default to what the ComfyUI widgets default to (both come from the spec)."""
+    p = cli.parser()
+    sub = next(a for a in p._actions if a.dest == "command").choices
+    for command, node_id in (("extend", "VDM_ExtendClip"), ("interpolate", "VDM_InterpolateFrames"),
+                             ("upscale", "VDM_UpscaleVideo"), ("sample", None)):
+        args = sub[command].parse_args(["in.mp4", "-o", "x.mp4"] if node_id else ["-o", "x.mp4"])
+        for nid in ("VDM_LoadModel", "VDM_SampleDDIMv", *([node_id] if node_id else [])):
+            for name, value in cli.spec_values(args, nid).items():
+                assert value == spec.NODES[nid].input(name).default, (command, nid, name)
+    assert spec.NODES["VDM_SampleDDIMv"].input("guidance_weight").default < 0  # auto everywhere
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["interpolate", "{clip}", "-o", "{d}/x.mp4", "--multiplier", "1"], "--multiplier must be at least 2"),
+    (["interpolate", "{clip}", "-o", "{d}/x.mp4", "--multiplier", "1"], "--multiplier must be from 2"),
     (["extend", "{clip}", "-o", "{d}/x.mp4", "--frames", "2", "--context", "4"], "context"),
     (["upscale", "{clip}", "-o", "{d}/x.mp4", "--factor", "2", "--method", "replacement"], "reconstruction"),
     (["extend", "{d}/missing.mp4", "-o", "{d}/x.mp4", "--frames", "2"], "missing.mp4"),
+    (["extend", "{clip}", "-o", "{d}/x.mp4", "--guidance", "nan"], "--guidance must be a finite number"),
+    (["extend", "{clip}", "-o", "{d}/x.mp4", "--guidance", "inf"], "--guidance must be a finite number"),
+    (["extend", "{clip}", "-o", "{d}/x.mp4", "--eta", "nan"], "--eta must be a finite number"),
+    (["extend", "{clip}", "-o", "{d}/x.mp4", "--eta", "2"], "--eta must be from 0 to 1"),
+    (["extend", "{clip}", "-o", "{d}/x.mp4", "--steps", "0"], "--steps must be from 1"),
+    (["extend", "{clip}", "-o", "{d}/x.mp4", "--max-frames", "0"], "--max-frames must be at least 1"),
+    (["extend", "{clip}", "-o", "{clip}/x.mp4"], "is a file, not a folder"),
+    (["extend", "{clip}", "-o", "{d}/other"], "holds files other than PNG frames"),
+    (["extend", "{clip}", "-o", "{d}/x.mov"], "can be read but not written"),
+    (["extend", "{clip}", "-o", "{d}/x.mp4", "--model", "{d}/nothing.safetensors"], "nothing.safetensors"),
 ])
-def test_bad_input_is_an_error_message_not_a_traceback(files, capsys, argv, message):
-    d, _, clip = files
+def test_bad_input_is_one_line_before_any_compute(files, capsys, monkeypatch, argv, message):
+    d, ckpt, clip = files
+    (d / "other").mkdir(exist_ok=True)
+    (d / "other" / "notes.txt").write_text("mine")
+    ran = []
+    real = tasks.run
+    monkeypatch.setattr(tasks, "run", lambda *a, **k: ran.append(1) or real(*a, **k))
     argv = [a.format(d=d, clip=clip) for a in argv]
-    assert run(files, *argv) == 2
+    extra = ([] if "--model" in argv else ["--model", ckpt]) + ([] if "--steps" in argv else ["--steps", "1"])
+    assert main([*argv, *extra, "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and message in err and not (d / "x.mp4").exists()
+    assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (d / "x.mp4").exists() and (d / "other" / "notes.txt").read_text() == "mine"
+    if "context" not in message and "reconstruction" not in message:
+        assert not ran  # refused before sampling
 
 
-def test_progress_bar_reports_rate_and_eta_every_5_percent(monkeypatch):
-    import io
-
-    from vdm_core import runner
-
-    clock = iter(range(1000))
-    monkeypatch.setattr(runner.time, "monotonic", lambda: float(next(clock)))
-    stream = io.StringIO()  # not a terminal: one line per 5 %
-    bar = runner.ProgressBar("upscale", stream)
-    for done in range(1, 201):
-        bar(done, 200)
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 21 and lines[-1].startswith("upscale [" + "#" * 30 + "] 200/200")
-    assert lines[-1].endswith("1.00 it/s, ETA 0:00") and lines[0].endswith("] 1/200")  # 1 step per tick
-    assert "1.00 it/s, ETA 3:10" in lines[0 + 1]  # at 10/200: 190 steps left at 1 it/s
+def test_a_model_that_returns_nan_is_an_error_message(files, capsys, monkeypatch):
+    d, _, clip = files
+    monkeypatch.setattr(UNet3D, "forward", lambda self, z, phi, **kw: torch.full_like(z, float("nan")))
+    assert run(files, "extend", clip, "-o", str(d / "nan.mp4"), "--frames", "2") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "NaN" in err and not (d / "nan.mp4").exists()

@@ -2,7 +2,6 @@
 ComfyUI's modules (tests/comfy_stubs.py). Every node runs under torch.inference_mode(), like in ComfyUI."""
 import asyncio
 import importlib.util
-import inspect
 import sys
 from pathlib import Path
 from unittest import mock
@@ -18,7 +17,6 @@ from vdm_core.unet3d import UNet3D, UNet3DConfig
 ROOT = Path(__file__).resolve().parents[1]
 NODE_IDS = {"VDM_LoadModel", "VDM_SampleDDIMv", "VDM_ExtendClip", "VDM_InterpolateFrames", "VDM_UpscaleVideo",
             "VDM_SpriteClip"}
-HOOKS = {"progress", "load_model_to_device", "check_interrupt", "oom_errors", "resolve_path", "device"}
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +98,50 @@ def test_stub_schema_check_is_real(comfy):
         Clash.GET_SCHEMA()
 
 
-def test_node_functions_take_the_node_inputs(comfy):
+def test_schemas_are_the_node_spec(comfy):
+    """Every ComfyUI input is the spec's: same name, type, default, range and tooltip (the CLI and vdm run are
+    built from the same spec, so their defaults cannot differ from the widgets')."""
     module, nodes, _, _ = comfy
-    workflow = sys.modules[module.__name__ + ".vdm_core.workflow"]
+    spec = sys.modules[module.__name__ + ".vdm_app.spec"]
+    assert set(nodes) == set(spec.NODES)
     for node_id, node in nodes.items():
-        params = inspect.signature(workflow.NODE_FUNCTIONS[node_id]).parameters
-        assert {i.id for i in node.GET_SCHEMA().inputs} == set(params) - HOOKS, node_id
-        assert set(inspect.signature(node.execute).parameters) == {i.id for i in node.GET_SCHEMA().inputs}
+        schema, want = node.GET_SCHEMA(), spec.NODES[node_id]
+        assert (schema.display_name, schema.category, schema.description) == (want.display_name, want.category,
+                                                                                 want.description)
+        assert [i.id for i in schema.inputs] == [i.name for i in want.inputs]
+        assert [o.id for o in schema.outputs] == [o.name for o in want.outputs]
+        for got, inp in zip(schema.inputs, want.inputs):
+            assert got.io_type == inp.type and got.tooltip == inp.tooltip and bool(got.optional) == inp.optional
+            if inp.widget:
+                assert got.default == inp.default, (node_id, inp.name)
+            if inp.type in ("INT", "FLOAT"):
+                assert (got.min, got.max) == (inp.min, inp.max), (node_id, inp.name)
+            if inp.type == "COMBO" and not inp.dynamic:
+                assert list(got.options) == list(inp.options)
+    guidance = next(i for i in nodes["VDM_SampleDDIMv"].GET_SCHEMA().inputs if i.id == "guidance_weight")
+    assert guidance.default == -1 and "auto" in guidance.tooltip and "4·factor²" in guidance.tooltip
+
+
+def test_the_extend_video_example_finds_its_clip_without_overwriting_a_users_file(comfy, tmp_path):
+    module, _, stubs, _ = comfy
+    clip = Path(stubs["folder_paths"].get_input_directory()) / "vdm_sprites.mp4"
+    assert clip.is_file()  # written when the pack loaded
+    info = checkpoint_free_probe(clip)
+    assert info == (16, 16, 16, 8.0)
+    clip.write_bytes(b"the artist's own clip")
+    sample_clip = sys.modules[module.__name__ + ".nodes.sample_clip"]
+    sample_clip.put_sample_clip()
+    assert clip.read_bytes() == b"the artist's own clip"
+    clip.unlink()
+    sample_clip.put_sample_clip()
+    assert checkpoint_free_probe(clip) == (16, 16, 16, 8.0)
+
+
+def checkpoint_free_probe(path):
+    from vdm_core import video_io
+
+    info = video_io.probe(path)
+    return info.frames, info.width, info.height, float(info.fps)
 
 
 def test_widget_types_and_seed(comfy):

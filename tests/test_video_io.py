@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vdm_core import video_io
-from vdm_core.cli import main
+from vdm_app.cli import main
 from vdm_core.video_io import Audio, VideoError, probe, read_video, write_video
 
 NTSC = Fraction(24000, 1001)
@@ -409,7 +409,7 @@ def test_png_folder_rewrite_replaces_old_frames_but_never_other_files(tmp_path):
     assert sorted(p.name for p in path.iterdir()) == ["000000.png", "000001.png"]
     assert [p.name for p in tmp_path.iterdir()] == ["frames"]
     (path / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="other than PNG frames"):
+    with pytest.raises(VideoError, match="other than PNG frames"):
         write_video(path, smooth_clip(frames=3), 24)
     assert (path / "keep.txt").read_text() == "mine" and len(list(path.iterdir())) == 3
 

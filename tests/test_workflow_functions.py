@@ -1,12 +1,29 @@
-"""vdm_core.workflow: the node functions on the CPU with a tiny random checkpoint at 2 steps."""
+"""vdm_app.jobs: the node functions (called through the node spec, with its defaults, as every front end
+calls them) on the CPU with a tiny random checkpoint at 1–2 steps."""
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from vdm_core import checkpoint, tasks, workflow as wf
+from vdm_app import jobs as wf, spec
+from vdm_core import checkpoint, tasks
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
 TINY = UNet3DConfig(base_width=8, width_mults=(1, 2), heads=2, resolution=8, frames=4)
+HOOKS = {"progress", "check_interrupt", "load_model_to_device", "oom_errors", "resolve_path", "device"}
+
+
+def node(node_id, **values):
+    """Run a node as the front ends do: ``spec.call`` with the given inputs (and host hooks)."""
+    hooks = {k: values.pop(k) for k in list(values) if k in HOOKS}
+    return spec.call(node_id, values, **hooks)
+
+
+def load(model_name, dtype="auto", **hooks):
+    return node("VDM_LoadModel", model_name=model_name, dtype=dtype, **hooks)
+
+
+def sample(model, job, **values):
+    return node("VDM_SampleDDIMv", model=model, job=job, **values)
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +36,12 @@ def tiny_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(tiny_path):
-    return wf.load_model(str(tiny_path), "fp32")[0]
+    return load(str(tiny_path), "fp32")[0]
 
 
 @pytest.fixture(scope="module")
 def sprites():
-    return wf.sprite_clip(seed=3, size=8, length=3, fps=12.0)
+    return node("VDM_SpriteClip", seed=3, size=8, length=3, fps=12.0)
 
 
 def audio(samples=60, rate=40):
@@ -81,9 +98,9 @@ def test_preview_strip_is_visible_for_tiny_clips():
 
 
 def test_load_model_dtypes(tiny_path):
-    m = wf.load_model(str(tiny_path), "auto")[0]
+    m = load(str(tiny_path), "auto")[0]
     assert isinstance(m, wf.VDMModel) and m.network.dtype == torch.float32 and m.network.device.type == "cpu"
-    assert wf.load_model(str(tiny_path), "bf16")[0].network.dtype == torch.bfloat16
+    assert load(str(tiny_path), "bf16")[0].network.dtype == torch.bfloat16
     assert wf.resolve_dtype("auto", "cpu") == torch.float32
     with pytest.raises(ValueError, match="dtype must be one of"):
         wf.resolve_dtype("fp8")
@@ -91,13 +108,13 @@ def test_load_model_dtypes(tiny_path):
 
 def test_load_model_under_inference_mode_gives_normal_weights(tiny_path):
     with torch.inference_mode():
-        m = wf.load_model(str(tiny_path), "fp32")[0]
+        m = load(str(tiny_path), "fp32")[0]
     assert not any(p.is_inference() for p in m.network.parameters())
 
 
 def test_load_model_resolves_names(tiny_path):
     seen = []
-    wf.load_model("tiny.safetensors", resolve_path=lambda n: seen.append(n) or tiny_path)
+    load("tiny.safetensors", resolve_path=lambda n: seen.append(n) or tiny_path)
     assert seen == ["tiny.safetensors"]
 
 
@@ -105,15 +122,15 @@ def test_non_vdm_safetensors_says_so(tmp_path):
     other = tmp_path / "sd-vae.safetensors"
     save_file({"encoder.weight": torch.zeros(2, 2)}, str(other))
     with pytest.raises(checkpoint.CheckpointError, match="not a VDM checkpoint"):
-        wf.load_model(str(other))
+        load(str(other))
 
 
 def test_missing_bundled_model_says_what_to_do(monkeypatch, tmp_path, tiny_path):
     monkeypatch.setattr(checkpoint, "BUNDLED", tmp_path / "absent.safetensors")
     with pytest.raises(checkpoint.CheckpointError, match="models/vdm"):
-        wf.load_model(wf.BUNDLED_NAME)
+        load(spec.BUNDLED_NAME)
     monkeypatch.setattr(checkpoint, "BUNDLED", tiny_path)
-    assert wf.load_model(wf.BUNDLED_NAME)[0].network.config.frames == TINY.frames
+    assert load(spec.BUNDLED_NAME)[0].network.config.frames == TINY.frames
 
 
 # ---------------------------------------------------------------------------------------------- jobs
@@ -123,55 +140,58 @@ def test_sprite_clip(sprites):
     images, fps = sprites
     assert images.shape == (3, 8, 8, 3) and fps == 12.0
     assert images.min() >= 0 and images.max() <= 1
-    assert torch.equal(images, wf.sprite_clip(seed=3, size=8, length=3, fps=12.0)[0])
+    assert torch.equal(images, node("VDM_SpriteClip", seed=3, size=8, length=3, fps=12.0)[0])
 
 
 def test_extend_job_pads_audio_with_silence(sprites):
     images, fps = sprites
     sound = audio(samples=10, rate=40)  # 0.25 s; the output is 5 frames at 12 fps ≈ 0.4167 s → 17 samples
-    (job,) = wf.extend_clip(frames=images, fps=fps, audio=sound, new_frames=2)
+    (job,) = node("VDM_ExtendClip", frames=images, fps=fps, audio=sound, new_frames=2)
     assert job.job.output_shape() == (3, 5, 8, 8) and job.output_fps == 12.0
     out = job.output_audio()
     assert out["waveform"].shape == (1, 2, 17) and out["sample_rate"] == 40
     assert torch.equal(out["waveform"][..., :10], sound["waveform"]) and out["waveform"][..., 10:].abs().max() == 0
     assert sound["waveform"].shape == (1, 2, 10)  # input untouched
     long = audio(samples=100, rate=40)
-    assert wf.extend_clip(frames=images, fps=fps, audio=long, new_frames=2)[0].output_audio() is not None
-    assert wf.extend_clip(frames=images, fps=fps, audio=long, new_frames=2)[0].output_audio()["waveform"].shape[-1] == 100
+    assert node("VDM_ExtendClip", frames=images, fps=fps, audio=long, new_frames=2)[0].output_audio() is not None
+    assert node("VDM_ExtendClip", frames=images, fps=fps, audio=long, new_frames=2)[0].output_audio()["waveform"].shape[-1] == 100
 
 
 def test_interpolate_job_keeps_duration(sprites):
     images, fps = sprites
     sound = audio()
-    (job,) = wf.interpolate_frames(frames=images, fps=fps, audio=sound, multiplier=3)
+    (job,) = node("VDM_InterpolateFrames", frames=images, fps=fps, audio=sound, multiplier=3)
     assert job.job.output_shape() == (3, 7, 8, 8)
     assert job.output_fps == 36.0 and job.output_audio()["waveform"] is sound["waveform"]  # not copied
 
 
 def test_chained_interpolate_then_upscale_is_one_job(sprites):
     images, fps = sprites
-    (interp,) = wf.interpolate_frames(frames=images, fps=fps, multiplier=2, window=4)
-    (both,) = wf.upscale_video(job=interp, factor=2)
+    (interp,) = node("VDM_InterpolateFrames", frames=images, fps=fps, multiplier=2, window=4)
+    (both,) = node("VDM_UpscaleVideo", job=interp, factor=2)
     assert both.job.multiplier == 2 and both.job.factor == 2 and both.job.window == 4
     assert both.job.output_shape() == (3, 5, 16, 16) and both.output_fps == 24.0
-    (twice,) = wf.interpolate_frames(job=interp, multiplier=2)
+    (twice,) = node("VDM_InterpolateFrames", job=interp, multiplier=2)
     assert twice.job.output_shape()[1] == 9  # (3 − 1)·4 + 1
 
 
 def test_job_errors_name_what_to_change(sprites):
     images, fps = sprites
     with pytest.raises(ValueError, match="connect a clip to `frames`"):
-        wf.extend_clip(new_frames=2)
+        node("VDM_ExtendClip", new_frames=2)
     with pytest.raises(ValueError, match="either `frames` or `job`"):
-        wf.upscale_video(frames=images, job=wf.extend_clip(frames=images, new_frames=1)[0])
+        node("VDM_UpscaleVideo", frames=images, job=node("VDM_ExtendClip", frames=images, new_frames=1)[0])
     with pytest.raises(ValueError, match="interpolation needs a clip of at least 2 frames"):
-        wf.interpolate_frames(frames=images[:1], fps=fps)
+        node("VDM_InterpolateFrames", frames=images[:1], fps=fps)
     with pytest.raises(ValueError, match="extend cannot be combined"):
-        wf.interpolate_frames(job=wf.extend_clip(frames=images, new_frames=1)[0])
+        node("VDM_InterpolateFrames", job=node("VDM_ExtendClip", frames=images, new_frames=1)[0])
     with pytest.raises(ValueError, match="empty"):
-        wf.extend_clip(frames=images[:0])
-    with pytest.raises(ValueError, match="fps must be a positive"):
-        wf.extend_clip(frames=images, fps=0.0)
+        node("VDM_ExtendClip", frames=images[:0])
+    with pytest.raises(ValueError, match="fps must be from 0.01"):
+        node("VDM_ExtendClip", frames=images, fps=0.0)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(spec.InputError, match="Extend Clip \\(VDM\\): fps must be a finite number"):
+            node("VDM_ExtendClip", frames=images, fps=bad)
 
 
 def test_lazy_audio_without_sound_counts_as_none(sprites):
@@ -180,7 +200,7 @@ def test_lazy_audio_without_sound_counts_as_none(sprites):
             raise RuntimeError("ffmpeg: no audio stream")
 
     images, fps = sprites
-    assert wf.extend_clip(frames=images, audio=NoSound(), new_frames=1)[0].audio is None
+    assert node("VDM_ExtendClip", frames=images, audio=NoSound(), new_frames=1)[0].audio is None
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -190,8 +210,8 @@ def test_extend_sample_under_inference_mode(model, sprites):
     images, fps = sprites
     calls = []
     with torch.inference_mode():  # what ComfyUI does around every node
-        (job,) = wf.extend_clip(frames=images, fps=fps, audio=audio(samples=10), new_frames=2)
-        out, out_fps, out_audio = wf.sample_ddim_v(model, job, steps=2, guidance_weight=8.0, seed=1,
+        (job,) = node("VDM_ExtendClip", frames=images, fps=fps, audio=audio(samples=10), new_frames=2)
+        out, out_fps, out_audio = sample(model, job, steps=2, guidance_weight=8.0, seed=1,
                                                    progress=lambda d, t, p: calls.append((d, t, p.shape)))
     assert out.shape == (5, 8, 8, 3) and out.dtype == torch.float32 and out.device.type == "cpu"
     assert torch.allclose(out[:3], images, atol=1e-6)  # known frames come back unchanged
@@ -203,21 +223,21 @@ def test_extend_sample_under_inference_mode(model, sprites):
 
 def test_interpolate_upscale_and_factor_3(model, sprites):
     images, fps = sprites
-    (both,) = wf.upscale_video(job=wf.interpolate_frames(frames=images[:2], fps=fps)[0], factor=2)
-    out, out_fps, _ = wf.sample_ddim_v(model, both, steps=1)
+    (both,) = node("VDM_UpscaleVideo", job=node("VDM_InterpolateFrames", frames=images[:2], fps=fps)[0], factor=2)
+    out, out_fps, _ = sample(model, both, steps=1)
     assert out.shape == (3, 16, 16, 3) and out_fps == 24.0
-    (three,) = wf.upscale_video(frames=images[:1], fps=fps, factor=3)  # 8×8 → 24×24: tiles of 8 do not divide evenly
-    assert wf.sample_ddim_v(model, three, steps=1, method="both")[0].shape == (1, 24, 24, 3)
+    (three,) = node("VDM_UpscaleVideo", frames=images[:1], fps=fps, factor=3)  # 8×8 → 24×24: tiles of 8 do not divide evenly
+    assert sample(model, three, steps=1, method="both")[0].shape == (1, 24, 24, 3)
     with pytest.raises(ValueError, match="Sample DDIM-v: method .replacement.*upscaling"):
-        wf.sample_ddim_v(model, three, steps=1, method="replacement")
+        sample(model, three, steps=1, method="replacement")
 
 
 def test_unconditional_is_seeded(model):
-    a, fps, sound = wf.sample_ddim_v(model, None, length=5, width=8, height=8, steps=2, seed=7)
-    assert a.shape == (5, 8, 8, 3) and fps == wf.DEFAULT_FPS and sound is None
-    b = wf.sample_ddim_v(model, None, length=5, width=8, height=8, steps=2, seed=7)[0]
+    a, fps, sound = sample(model, None, length=5, width=8, height=8, steps=2, seed=7)
+    assert a.shape == (5, 8, 8, 3) and fps == spec.DEFAULT_FPS and sound is None
+    b = sample(model, None, length=5, width=8, height=8, steps=2, seed=7)[0]
     assert torch.equal(a, b)
-    big_seed = wf.sample_ddim_v(model, None, length=2, width=8, height=8, steps=1, seed=0xFFFFFFFFFFFFFFFF)[0]
+    big_seed = sample(model, None, length=2, width=8, height=8, steps=1, seed=0xFFFFFFFFFFFFFFFF)[0]
     assert big_seed.shape == (2, 8, 8, 3)
 
 
@@ -229,12 +249,12 @@ def test_progress_can_cancel(model):
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        wf.sample_ddim_v(model, None, length=2, width=8, height=8, steps=3, progress=cancel)
+        sample(model, None, length=2, width=8, height=8, steps=3, progress=cancel)
 
 
 def test_interrupt_check_before_every_tile(model):
     calls, steps = [], []
-    wf.sample_ddim_v(model, None, length=2, width=16, height=16, steps=2, check_interrupt=lambda: calls.append(1),
+    sample(model, None, length=2, width=16, height=16, steps=2, check_interrupt=lambda: calls.append(1),
                      progress=lambda d, t, p: steps.append(d))
     assert len(calls) == 9 * 2 and steps == [9, 18]  # 3×3 tiles of 8 px per step
 
@@ -248,7 +268,7 @@ def test_interrupt_check_before_every_tile(model):
 
     calls.clear(), steps.clear()
     with pytest.raises(Cancelled):
-        wf.sample_ddim_v(model, None, length=2, width=16, height=16, steps=2, check_interrupt=cancel_at_fifth,
+        sample(model, None, length=2, width=16, height=16, steps=2, check_interrupt=cancel_at_fifth,
                          progress=lambda d, t, p: steps.append(d))
     assert steps == []  # stopped inside the first step
 
@@ -260,7 +280,7 @@ def test_device_hook_is_used(model):
         seen.append(memory_required)
         return m.network
 
-    wf.sample_ddim_v(model, None, length=2, width=8, height=8, steps=1, load_model_to_device=load)
+    sample(model, None, length=2, width=8, height=8, steps=1, load_model_to_device=load)
     assert len(seen) == 1 and seen[0] > 0
     assert wf.move_to("cpu")(model, 0) is model.network
 
@@ -270,7 +290,7 @@ def test_out_of_memory_retries_smaller_then_names_settings(model, sprites, monke
         pass
 
     images, fps = sprites
-    (job,) = wf.extend_clip(frames=images, fps=fps, new_frames=2)
+    (job,) = node("VDM_ExtendClip", frames=images, fps=fps, new_frames=2)
     tried, real_run = [], tasks.run
 
     def run(network, job, **kw):
@@ -280,16 +300,42 @@ def test_out_of_memory_retries_smaller_then_names_settings(model, sprites, monke
         return real_run(network, job, **kw)
 
     monkeypatch.setattr(tasks, "run", run)
-    out = wf.sample_ddim_v(model, job, steps=1, oom_errors=(FakeOOM,))[0]
+    out = sample(model, job, steps=1, oom_errors=(FakeOOM,))[0]
     assert out.shape == (5, 8, 8, 3) and tried == [(None, None), (None, 4)]
 
     tried.clear()
     monkeypatch.setattr(tasks, "run", lambda *a, **k: tried.append(a[1].window) or (_ for _ in ()).throw(FakeOOM()))
     with pytest.raises(MemoryError, match="Lower `window` or `tile`"):
-        wf.sample_ddim_v(model, job, steps=1, oom_errors=(FakeOOM,))
+        sample(model, job, steps=1, oom_errors=(FakeOOM,))
     assert tried == [None, None, 2]
 
 
-def test_node_functions_table():
-    assert set(wf.NODE_FUNCTIONS) == {"VDM_LoadModel", "VDM_SampleDDIMv", "VDM_ExtendClip",
-                                      "VDM_InterpolateFrames", "VDM_UpscaleVideo", "VDM_SpriteClip"}
+def test_every_node_has_a_function_whose_inputs_are_the_spec_inputs():
+    """No function of a node carries its own defaults for the node's inputs: the spec's are the only ones."""
+    import inspect
+
+    assert set(spec.NODES) == {"VDM_LoadModel", "VDM_SampleDDIMv", "VDM_ExtendClip", "VDM_InterpolateFrames",
+                               "VDM_UpscaleVideo", "VDM_SpriteClip"}
+    for node_id, n in spec.NODES.items():
+        params = inspect.signature(getattr(wf, n.function)).parameters
+        names = {i.name for i in n.inputs}
+        assert names <= set(params), node_id
+        assert all(params[k].default is inspect.Parameter.empty for k in names), node_id
+        assert set(params) - names <= HOOKS, node_id
+
+
+def test_guidance_weight_auto_is_the_tuned_weight_for_the_job(model, sprites, monkeypatch):
+    from vdm_core import sampling
+
+    images, fps = sprites
+    seen, real = [], sampling.sample
+    monkeypatch.setattr(sampling, "sample", lambda *a, **kw: seen.append(kw["guidance_weight"]) or real(*a, **kw))
+    for job, auto in ((node("VDM_ExtendClip", frames=images, fps=fps, new_frames=1)[0], 16.0),
+                      (node("VDM_UpscaleVideo", frames=images[:1], fps=fps, factor=2)[0], 16.0),
+                      (node("VDM_UpscaleVideo", frames=images[:1, :2, :2], fps=fps, factor=4)[0], 64.0)):
+        seen.clear()
+        sample(model, job, steps=1)  # guidance_weight: the spec default, auto
+        assert set(seen) == {auto}
+        seen.clear()
+        sample(model, job, steps=1, guidance_weight=3.0)
+        assert set(seen) == {3.0}

@@ -22,7 +22,8 @@ import pytest
 import torch
 
 import comfy_stubs
-from vdm_core import checkpoint, cli, data, runner, video_io
+from vdm_app import cli, executor, graph
+from vdm_core import checkpoint, data, video_io
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,9 +87,9 @@ def test_every_job_has_a_ui_workflow_and_an_api_twin():
     assert JOBS | {"extend_video"} <= set(NAMES)
     assert [p.name for p in API_FILES] == [p.name for p in UI_FILES]
     for path in UI_FILES:
-        assert runner.is_ui_format(load(path)), path
+        assert graph.is_ui_format(load(path)), path
     for path in API_FILES:
-        runner.check_prompt(load(path), path.name)  # API format, links to existing nodes
+        graph.check_prompt(load(path), path.name)  # API format, links to existing nodes
 
 
 def _widgets(schema_or_core, node_type):
@@ -167,13 +168,14 @@ def test_api_twin_is_the_same_graph(name, schemas):
         for (wid, _, _), value in zip(_widgets(schemas.get(node["type"]), node["type"]), values):
             if wid not in linked:
                 assert inputs[wid] == value, f"{name}: node {nid} {wid}"
-    runner.check_nodes(api)  # every node and input is one `vdm run` executes
+    executor.check_nodes(api)  # every node and input is one `vdm run` executes
 
 
-def test_shipped_extend_example_is_packaged():
-    assert load(ROOT / "vdm_core" / "workflows" / "extend.json") == load(ROOT / "workflows" / "api" / "extend.json")
+def test_vdm_demo_reads_the_one_extend_example():
+    assert cli.example("extend") == ROOT / "workflows" / "api" / "extend.json"
+    assert not (ROOT / "vdm_core" / "workflows").exists()  # no copy to keep in step
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert '"workflows/*.json"' in pyproject
+    assert '"vdm_app.examples" = "workflows/api"' in pyproject  # and a wheel carries it as vdm_app/examples
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -272,12 +274,12 @@ def test_set_by_id_title_class_and_bare_name():
     sampler = next(k for k, v in prompt.items() if v["class_type"] == "VDM_SampleDDIMv")
     title = prompt[sampler]["_meta"]["title"]
     for key in (f"{sampler}.steps", f"{title}.steps", "VDM_SampleDDIMv.steps", "steps"):
-        assert runner.apply_sets(prompt, [f"{key}=3"])[sampler]["inputs"]["steps"] == 3
+        assert graph.apply_sets(prompt, [f"{key}=3"], executor.accepts)[sampler]["inputs"]["steps"] == 3
     before = json.dumps(prompt)
-    out = runner.apply_sets(prompt, ["VDM_SampleDDIMv.method=replacement", "eta=0.5", "filename_prefix=a/b"])
+    out = graph.apply_sets(prompt, ["VDM_SampleDDIMv.method=replacement", "eta=0.5", "filename_prefix=a/b"], executor.accepts)
     assert out[sampler]["inputs"]["method"] == "replacement" and out[sampler]["inputs"]["eta"] == 0.5
     assert json.dumps(prompt) == before  # the original is not changed
-    length = [v["inputs"]["length"] for v in runner.apply_sets(prompt, ["length=5"]).values() if "length" in v["inputs"]]
+    length = [v["inputs"]["length"] for v in graph.apply_sets(prompt, ["length=5"], executor.accepts).values() if "length" in v["inputs"]]
     assert length == [5, 5]  # Sprite Clip and the sampler both have `length`
 
 
@@ -286,23 +288,23 @@ def test_unknown_nodes_and_bad_graphs_are_refused(tmp_path):
     prompt["99"] = {"class_type": "KSampler", "inputs": {}}
     save = next(k for k, v in prompt.items() if v["class_type"] == "SaveVideo")
     prompt[save]["inputs"]["video"] = ["99", 0]
-    with pytest.raises(runner.WorkflowError, match="cannot execute KSampler headless"):
-        runner.run_prompt(prompt, runner.numbered_name(tmp_path))
+    with pytest.raises(graph.WorkflowError, match="cannot execute KSampler headless"):
+        executor.run_prompt(prompt, executor.numbered_name(tmp_path))
     prompt["99"] = {"class_type": "CreateVideo", "inputs": {"images": ["99", 0], "fps": 8}}
-    with pytest.raises(runner.WorkflowError, match="cycle"):
-        runner.run_prompt(prompt, runner.numbered_name(tmp_path))
+    with pytest.raises(graph.WorkflowError, match="cycle"):
+        executor.run_prompt(prompt, executor.numbered_name(tmp_path))
     del prompt[save]
-    with pytest.raises(runner.WorkflowError, match="no output node"):
-        runner.run_prompt(prompt, runner.numbered_name(tmp_path))
+    with pytest.raises(graph.WorkflowError, match="no output node"):
+        executor.run_prompt(prompt, executor.numbered_name(tmp_path))
 
 
 def test_numbered_names_follow_comfyui(tmp_path):
-    name = runner.numbered_name(tmp_path)
+    name = executor.numbered_name(tmp_path)
     assert name("6", "vdm/x", ".mp4") == tmp_path / "vdm" / "x_00001_.mp4"
     (tmp_path / "vdm").mkdir()
     (tmp_path / "vdm" / "x_00007_.mp4").write_bytes(b"")
     assert name("6", "vdm/x", ".webm") == tmp_path / "vdm" / "x_00008_.webm"
-    with pytest.raises(runner.WorkflowError, match="outside"):
+    with pytest.raises(graph.WorkflowError, match="outside"):
         name("6", "../escape", ".mp4")
 
 
@@ -432,7 +434,7 @@ def test_server_mode_uploads_follows_progress_and_downloads(tmp_path, capsys):
         assert sorted(p.name for p in out.iterdir()) == ["clip1.mp4", "clip2.mp4"]
         assert (out / "clip1.mp4").read_bytes().startswith(b"video of")
         err = capsys.readouterr().err
-        assert "[##############################] 2/2" in err and "no websocket" not in err
+        assert "100%" in err and "2/2" in err and "no websocket" not in err
         assert vdm(*args) == 0 and len(fake.prompts) == 2  # everything there: nothing queued again
         # a single run keeps the server's subfolder and file name
         assert vdm("run", ROOT / "workflows" / "api" / "extend.json", "--server", fake.url, "-o", out) == 0
@@ -457,3 +459,27 @@ def test_server_errors_are_reported(problem, message, tmp_path, capsys):
 def test_unreachable_server(tmp_path, capsys):
     assert vdm("run", ROOT / "workflows" / "api" / "extend.json", "--server", "http://127.0.0.1:9", "-o", tmp_path) == 2
     assert "cannot reach ComfyUI" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("guidance_weight=NaN", "guidance_weight must be a finite number"),
+    ("eta=Infinity", "eta must be a finite number"),
+    ("steps=0", "steps must be from 1 to 1000"),
+    ("steps=2.5", "steps must be a whole number"),
+    ('method="inpaint"', "method must be one of reconstruction, replacement, both"),
+    ("filename_prefix=../escape", "points outside"),
+    ("filename_prefix=notes.txt/x", "is a file, not a folder"),
+    ('format="gif"', "cannot be written headless"),
+])
+def test_vdm_run_refuses_bad_values_and_outputs_before_any_compute(assignment, message, tiny, tmp_path, capsys,
+                                                                   monkeypatch):
+    from vdm_core import tasks
+
+    ran = []
+    monkeypatch.setattr(tasks, "generate", lambda *a, **k: ran.append(1))
+    (tmp_path / "notes.txt").write_text("a file")
+    rc = vdm("run", ROOT / "workflows" / "api" / "generate.json", "--set", f"model_name={tiny}", "--set", assignment,
+             "--output-dir", tmp_path, "--device", "cpu")
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and not ran, err
+    assert err.strip().splitlines()[-1].startswith("error:")

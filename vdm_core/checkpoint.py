@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 
+from .files import atomic_path
 from .unet3d import UNet3D, UNet3DConfig
 
 FORMAT = "vdm_core"
@@ -51,21 +51,11 @@ def save(path, model: UNet3D, training: dict | None = None, *, ema: UNet3D | Non
                     if torch.is_tensor(v) and v.ndim > 0:
                         tensors[f"{TRAIN_PREFIX}optim.{slot}.{names[id(p)]}"] = v.detach().float().cpu().contiguous()
         meta["train_state"] = json.dumps(train_state or {})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = save_bytes(tensors, metadata=meta)
-    # a unique temp name beside the target, opened like any new file so its mode follows the umask
-    # (mkstemp and safetensors' save_file both leave 0600)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:  # a new file: its mode follows the umask
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read(path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -43,7 +43,7 @@ class TrainConfig:
     sample_every: int = 0
     sample_steps: int = 32
     stride: int = 1
-    model: UNet3DConfig = field(default_factory=UNet3DConfig)
+    model: UNet3DConfig = field(default_factory=lambda: UNet3DConfig(width_mults=(1, 2, 2)))
 
 
 def v_loss(model, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import shutil
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+
+from .files import atomic_path
 
 READ_SUFFIXES = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
 WRITE_SUFFIXES = (".mp4", ".webm", ".gif")
@@ -297,7 +297,7 @@ def write_video(path, frames: Tensor, fps, audio: Audio | None = None, *, crf: i
     encoded as aac (mp4; at its own sample rate where AAC has it, else resampled to 48 kHz) or opus
     (webm; opus always decodes at 48 kHz); gif and PNG folders drop it with a warning.
     """
-    target, kind = _target(path)
+    target, kind = output_target(path)
     frames = _check_frames(frames, target)
     rate = _fps(fps)
     top = {"mp4": 51, "webm": 63}.get(kind)
@@ -309,36 +309,33 @@ def write_video(path, frames: Tensor, fps, audio: Audio | None = None, *, crf: i
             warnings.warn(f"{target}: {'GIF' if kind == 'gif' else 'a folder of PNGs'} cannot hold audio; "
                           f"the audio was not written (use .mp4 or .webm to keep it)", stacklevel=2)
             audio = None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.stem}.{secrets.token_hex(4)}.tmp{target.suffix}"
-    try:
+    with atomic_path(target) as tmp:
         if kind == "png":
             tmp.mkdir()
             for i in range(frames.shape[1]):
                 Image.fromarray(_rgb24(frames[:, i])).save(tmp / f"{i:06d}.png")
-            _replace_folder(tmp, target)
         else:
             _encode(tmp, kind, frames, rate, audio, crf, target)
-            os.replace(tmp, target)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
     return target
 
 
-def _target(path) -> tuple[Path, str]:
-    """The path to write and its kind: 'mp4', 'webm', 'gif' or 'png' (a folder of frames)."""
+def output_target(path) -> tuple[Path, str]:
+    """The path :func:`write_video` would write and its kind: 'mp4', 'webm', 'gif' or 'png' (a folder of
+    frames). Raises :class:`VideoError` for a target it would refuse, so a caller can check before
+    spending compute on what it writes."""
     text = os.fspath(path)
     target = Path(text)
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise VideoError(f"{target}: {parent} is a file, not a folder; choose an output path in a folder")
+            break
     if text.endswith(("/", os.sep)) or target.suffix == "" or target.is_dir():
         if target.exists() and not target.is_dir():
-            raise FileExistsError(f"{target} is a file; give a folder path to write PNG frames")
+            raise VideoError(f"{target} is a file; give a folder path to write PNG frames")
         if target.is_dir() and any(not _FRAME_NAME.fullmatch(p.name) for p in target.iterdir()):
-            raise FileExistsError(f"folder {target} holds files other than PNG frames; write to a new or "
-                                  f"empty folder (only frame folders written earlier are replaced)")
+            raise VideoError(f"folder {target} holds files other than PNG frames; write to a new or "
+                             f"empty folder (only frame folders written earlier are replaced)")
         return target, "png"
     suffix = target.suffix.lower()
     if suffix in WRITE_SUFFIXES:
@@ -465,18 +462,3 @@ def _gif_frame(rgb: np.ndarray) -> av.VideoFrame:
     colours[: len(pal)] = pal
     argb = np.concatenate([np.full((256, 1), 255, np.uint8), colours], axis=1)
     return av.VideoFrame.from_ndarray((np.array(img, np.uint8), argb), format="pal8")
-
-
-def _replace_folder(tmp: Path, target: Path) -> None:
-    """Rename the finished folder ``tmp`` to ``target``, replacing a frame folder written earlier."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = target.parent / f".{target.name}.{secrets.token_hex(4)}.old"
-    os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,9 +1,11 @@
-"""The pack's nodes as plain functions: ComfyUI data types in, ComfyUI data types out, no ComfyUI imports.
+"""The job functions every front end runs: the pack's nodes on plain values, no ComfyUI imports.
 
-One function per node id (:data:`NODE_FUNCTIONS`); its keyword names are the node's input ids and it
-returns a tuple in the node's output order, so the ComfyUI adapters (``nodes/``) and the headless runner
-call the same code. Host services are injected as keyword-only hooks: ``progress(done, total, preview)``,
-``load_model_to_device(model, memory_required) -> network``, ``resolve_path(model_name) -> path``.
+One function per node (``spec.NODES[node_id].function``); its keyword names are the node's inputs
+(declared with their defaults and ranges in :mod:`vdm_app.spec`, which fills and checks them: see
+``spec.call``) and it returns a tuple in the node's output order. The ComfyUI nodes (``nodes/``), ``vdm
+run`` and the ``vdm`` command call the same functions. Host services are keyword-only hooks:
+``progress(done, total, preview)``, ``load_model_to_device(model, memory_required) -> network``,
+``check_interrupt()``, ``resolve_path(model_name) -> path``.
 
 Data types (ComfyUI's):
 
@@ -27,17 +29,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from . import checkpoint, data, sampling, tasks
-from .guidance import DEFAULT_GUIDANCE_WEIGHT
-from .unet3d import UNet3D
+from .lib import checkpoint, data, tasks, video_io
+from .spec import AUTO, BUNDLED_NAME, DEFAULT_FPS
 
-BUNDLED_NAME = "vdm-sprites-16 (bundled)"
-"""The ``model_name`` of the model shipped inside the package (``checkpoint.BUNDLED``)."""
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-METHODS = sampling.METHODS
-DEFAULT_FPS = 8.0
-"""Frame rate of unconditional clips and of clips whose frame rate nobody gave (the sprites' rate)."""
-DEFAULT_STEPS = 32
 PREVIEW_FRAMES = 8
 
 Progress = Callable[[int, int, "Tensor | None"], None]
@@ -128,6 +123,23 @@ def _preview_frames(x: Tensor) -> Tensor:
     return clip_to_image(x[:, idx])
 
 
+def read_clip(path, **read) -> tuple[Tensor, float, dict | None]:
+    """A clip file as (IMAGE, fps, AUDIO or None), what LoadVideo → Get Video Components gives;
+    ``read``: ``video_io.read_video``'s start / max_frames / short_side."""
+    clip = video_io.read_video(path, **read)
+    audio = None if clip.audio is None else {"waveform": clip.audio.waveform[None], "sample_rate": clip.audio.sample_rate}
+    return clip_to_image(clip.frames), float(clip.fps), audio
+
+
+def write_clip(path, images: Tensor, fps: float, audio: dict | None = None) -> Path:
+    """Write an IMAGE batch (with its AUDIO, if any) as a video file (``video_io.write_video``); returns the path."""
+    sound = None
+    if audio is not None:
+        wave = audio["waveform"]
+        sound = video_io.Audio(wave[0] if wave.ndim == 3 else wave, int(audio["sample_rate"]))
+    return video_io.write_video(path, image_to_clip(images, "images"), fps, sound)
+
+
 # ---------------------------------------------------------------------------------------------- audio
 
 
@@ -164,8 +176,8 @@ def resolve_dtype(dtype: str, device=None) -> torch.dtype:
     return torch.float32
 
 
-def load_model(model_name: str = BUNDLED_NAME, dtype: str = "auto", *,
-               resolve_path: Callable[[str], Any] | None = None, device=None) -> tuple[VDMModel]:
+def load_model(model_name: str, dtype: str, *, resolve_path: Callable[[str], Any] | None = None,
+               device=None) -> tuple[VDMModel]:
     """Load VDM: the network of ``model_name`` on the CPU in ``dtype`` (``auto`` decided for ``device``, the
     device it will run on). ``resolve_path`` maps a listed name to a file (default: the name is a path).
     Raises :class:`vdm_core.checkpoint.CheckpointError` with a message an artist can act on."""
@@ -173,13 +185,16 @@ def load_model(model_name: str = BUNDLED_NAME, dtype: str = "auto", *,
     if model_name == BUNDLED_NAME:
         if not checkpoint.BUNDLED.is_file():
             raise checkpoint.CheckpointError(
-                f"the bundled model is missing ({checkpoint.BUNDLED}); reinstall comfyui-vdm, or put a "
+                f"Load VDM: the bundled model is missing ({checkpoint.BUNDLED}); reinstall comfyui-vdm, or put a "
                 "VDM checkpoint (.safetensors written by `vdm train`) into models/vdm and pick it")
         path = None
     else:
         path = Path(resolve_path(model_name) if resolve_path else model_name)
     with torch.inference_mode(False):  # hosts run nodes in inference mode; guidance needs normal weights
-        network = checkpoint.load(path, device="cpu", dtype=torch_dtype)
+        try:
+            network = checkpoint.load(path, device="cpu", dtype=torch_dtype)
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(f"Load VDM: {e}") from None
     return (VDMModel(network=network, name=model_name),)
 
 
@@ -205,7 +220,7 @@ def _source(node: str, frames, fps, audio, job) -> tuple[tasks.Job | None, Tenso
 
 def _auto(value: int) -> int | None:
     """Widgets use 0 for "automatic"; vdm_core uses None."""
-    return None if int(value) == 0 else int(value)
+    return None if int(value) == AUTO else int(value)
 
 
 def _make_job(node: str, frames, fps, audio, job, **settings) -> tuple[VDMJob]:
@@ -228,36 +243,30 @@ def _make_job(node: str, frames, fps, audio, job, **settings) -> tuple[VDMJob]:
     return (VDMJob(new_job, fps, audio),)
 
 
-def extend_clip(frames: Tensor | None = None, fps: float = DEFAULT_FPS, audio: dict | None = None,
-                job: VDMJob | None = None, new_frames: int = 16, context: int = 0, window: int = 0,
-                tile: int = 0) -> tuple[VDMJob]:
+def extend_clip(frames: Tensor | None, fps: float, audio: dict | None, job: VDMJob | None, *, new_frames: int,
+                context: int, window: int, tile: int) -> tuple[VDMJob]:
     """Extend Clip: ``new_frames`` more frames after the clip; audio is padded with silence."""
-    return _make_job("Extend Clip", frames, fps, audio, job, new_frames=int(new_frames), context=_auto(context),
+    return _make_job("Extend Clip", frames, fps, audio, job, new_frames=new_frames, context=_auto(context),
                      window=_auto(window), tile=_auto(tile))
 
 
-def interpolate_frames(frames: Tensor | None = None, fps: float = DEFAULT_FPS, audio: dict | None = None,
-                       job: VDMJob | None = None, multiplier: int = 2, window: int = 0, overlap: int = 0,
-                       tile: int = 0) -> tuple[VDMJob]:
+def interpolate_frames(frames: Tensor | None, fps: float, audio: dict | None, job: VDMJob | None, *, multiplier: int,
+                       window: int, overlap: int, tile: int) -> tuple[VDMJob]:
     """Interpolate Frames: ``(F − 1)·multiplier + 1`` frames at ``multiplier ×`` the frame rate."""
-    return _make_job("Interpolate Frames", frames, fps, audio, job, multiplier=int(multiplier),
-                     window=_auto(window), overlap=_auto(overlap), tile=_auto(tile))
-
-
-def upscale_video(frames: Tensor | None = None, fps: float = DEFAULT_FPS, audio: dict | None = None,
-                  job: VDMJob | None = None, factor: int = 2, window: int = 0, overlap: int = 0,
-                  tile: int = 0) -> tuple[VDMJob]:
-    """Upscale Video: every frame ``factor ×`` wider and higher."""
-    return _make_job("Upscale Video", frames, fps, audio, job, factor=int(factor), window=_auto(window),
+    return _make_job("Interpolate Frames", frames, fps, audio, job, multiplier=multiplier, window=_auto(window),
                      overlap=_auto(overlap), tile=_auto(tile))
 
 
-def sprite_clip(seed: int = 0, size: int = 16, length: int = 16, fps: float = DEFAULT_FPS) -> tuple[Tensor, float]:
+def upscale_video(frames: Tensor | None, fps: float, audio: dict | None, job: VDMJob | None, *, factor: int,
+                  window: int, overlap: int, tile: int) -> tuple[VDMJob]:
+    """Upscale Video: every frame ``factor ×`` wider and higher."""
+    return _make_job("Upscale Video", frames, fps, audio, job, factor=factor, window=_auto(window),
+                     overlap=_auto(overlap), tile=_auto(tile))
+
+
+def sprite_clip(seed: int, size: int, length: int, fps: float) -> tuple[Tensor, float]:
     """Sprite Clip: the procedural moving-sprites clip ``seed`` (``vdm_core.data``) as an IMAGE batch."""
-    for name, value in (("size", size), ("length", length)):
-        if int(value) < 1:
-            raise ValueError(f"Sprite Clip: {name} must be at least 1, got {value}")
-    return clip_to_image(data.sprite_clip(int(seed), size=int(size), frames=int(length))), float(fps)
+    return clip_to_image(data.sprite_clip(seed, size=size, frames=length)), fps
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -328,27 +337,28 @@ def _fallbacks(network: UNet3D, window: int | None, tile: int | None, multiplier
     return out
 
 
-def sample_ddim_v(model: VDMModel, job: VDMJob | None = None, length: int = 16, width: int = 16,
-                  height: int = 16, steps: int = DEFAULT_STEPS, eta: float = 0.0,
-                  guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, method: str = "both", seed: int = 0,
-                  *, progress: Progress | None = None, load_model_to_device: DeviceLoader | None = None,
-                  check_interrupt: Callable[[], None] | None = None, oom_errors: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,),
+def sample_ddim_v(model: VDMModel, job: VDMJob | None, *, length: int, width: int, height: int, steps: int,
+                  eta: float, guidance_weight: float, method: str, seed: int, progress: Progress | None = None,
+                  load_model_to_device: DeviceLoader | None = None, check_interrupt: Callable[[], None] | None = None,
+                  oom_errors: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,),
                   ) -> tuple[Tensor, float, dict | None]:
-    """Sample DDIM-v: run ``job`` (or, without one, make an unconditional ``length × height × width`` clip).
+    """Sample DDIM-v: run ``job`` (or, without one, make an unconditional ``length × height × width`` clip;
+    0 = the model's native frame count / resolution).
 
-    Returns (IMAGE, fps, AUDIO or None). Runs with autograd available even when called inside
-    ``torch.inference_mode`` (reconstruction guidance differentiates through the model). Out of memory
-    (``oom_errors``): retried with half the tile, then half the window; then a MemoryError naming the
-    settings to lower. ``progress`` may raise to cancel, and so may ``check_interrupt()``, called before
-    every model evaluation (each tile of each step); the exception propagates.
+    ``guidance_weight`` below 0 is auto: ``tasks.default_guidance_weight`` of the job (16 for frames known
+    exactly, 4·s² for upscaling by s). Returns (IMAGE, fps, AUDIO or None). Runs with autograd available
+    even when called inside ``torch.inference_mode`` (reconstruction guidance differentiates through the
+    model). Out of memory (``oom_errors``): retried with half the tile, then half the window; then a
+    MemoryError naming the settings to lower. ``progress`` may raise to cancel, and so may
+    ``check_interrupt()``, called before every model evaluation (each tile of each step).
     """
     if not isinstance(model, VDMModel):
-        raise ValueError(f"model must come from Load VDM, got {type(model).__name__}")
+        raise ValueError(f"Sample DDIM-v: model must come from Load VDM, got {type(model).__name__}")
     if job is not None and not isinstance(job, VDMJob):
-        raise ValueError(f"job must come from a VDM job node (Extend / Interpolate / Upscale), got {type(job).__name__}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    steps, seed = int(steps), int(seed) % 2**63  # torch generators take seeds below 2**64; tasks adds the window index
+        raise ValueError(f"Sample DDIM-v: job must come from a VDM job node (Extend / Interpolate / Upscale), got "
+                         f"{type(job).__name__}")
+    seed = seed % 2**63  # torch generators take seeds below 2**64; tasks adds the window index
+    weight = None if guidance_weight < 0 else guidance_weight
     load = load_model_to_device or _keep_on_device
 
     def callback(done: int, total: int, x: Tensor) -> None:
@@ -356,14 +366,14 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None = None, length: int = 16, 
             progress(done, total, _preview_frames(x))
 
     if job is None:
-        shape = (int(length), int(height), int(width))
-        if min(shape) < 1:
-            raise ValueError(f"length, width and height must be at least 1, got {shape[0]}, {shape[2]}, {shape[1]}")
+        cfg = model.network.config
+        shape = (length or cfg.frames, height or cfg.resolution, width or cfg.resolution)
         window, tile, k = None, None, 1
     else:
         shape = job.job.output_shape()[1:]
         window, tile, k = job.job.window, job.job.tile, job.job.multiplier
     settings = [(window, tile)] + _fallbacks(model.network, window, tile, k)
+    sampling = dict(steps=steps, eta=eta, guidance_weight=weight, method=method, seed=seed, callback=callback)
 
     clip, oom = None, None
     with torch.inference_mode(False):
@@ -373,12 +383,10 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None = None, length: int = 16, 
         for win, til in settings:
             try:
                 if job is None:
-                    clip = tasks.generate(network, *shape, steps=steps, eta=eta, seed=seed, window=win, tile=til,
-                                          guidance_weight=guidance_weight, method=method, callback=callback)
+                    clip = tasks.generate(network, *shape, window=win, tile=til, **sampling)
                 else:
                     run_job = dataclasses.replace(job.job, clip=job.job.clip.clone(), window=win, tile=til)
-                    clip = tasks.run(network, run_job, steps=steps, eta=eta, guidance_weight=guidance_weight,
-                                     method=method, seed=seed, callback=callback)
+                    clip = tasks.run(network, run_job, **sampling)
                 break
             except oom_errors as e:
                 oom = e
@@ -397,14 +405,3 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None = None, length: int = 16, 
     if job is None:
         return images, DEFAULT_FPS, None
     return images, job.output_fps, job.output_audio()
-
-
-NODE_FUNCTIONS: dict[str, Callable[..., tuple]] = {
-    "VDM_LoadModel": load_model,
-    "VDM_SampleDDIMv": sample_ddim_v,
-    "VDM_ExtendClip": extend_clip,
-    "VDM_InterpolateFrames": interpolate_frames,
-    "VDM_UpscaleVideo": upscale_video,
-    "VDM_SpriteClip": sprite_clip,
-}
-"""Node id → function; keyword names are the node's input ids, results are in the node's output order."""

@@ -1,0 +1,308 @@
+"""The pack's nodes declared once: every input with its name, type, default, range and tooltip.
+
+The ComfyUI V3 schemas (``nodes/``), ``vdm run``'s input checks (:func:`check_inputs`) and the ``vdm``
+command's flags (``vdm_app.cli``) are all built from :data:`NODES`, so a default cannot differ between
+the front ends. Each node's function (``vdm_app.jobs``) takes the inputs as keyword arguments named
+like the inputs; :func:`call` fills in the defaults, checks every value and calls it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+from .lib import sampling
+
+AUTO = 0
+"""Integer inputs use 0 for "automatic" (the model's native size, half a window, …)."""
+AUTO_WEIGHT = -1.0
+"""``guidance_weight`` below 0 means "auto": the tuned weight for the job (``tasks.default_guidance_weight``)."""
+DEFAULT_FPS = 8.0
+"""Frame rate of new clips and of clips whose frame rate nobody gave (the sprites' rate)."""
+BUNDLED_NAME = "vdm-sprites-16 (bundled)"
+"""The ``model_name`` of the model shipped inside the package (``vdm_core.checkpoint.BUNDLED``)."""
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+WIDGETS = ("INT", "FLOAT", "COMBO")
+"""Input types that are values (widgets in ComfyUI); the others are connections of the named type."""
+
+
+@dataclass(frozen=True)
+class Input:
+    """One node input. ``type``: INT, FLOAT, COMBO (``options``; dynamic ones are filled in by the host),
+    or a connection type (IMAGE, AUDIO, VDM_MODEL, VDM_JOB, MODEL, VAE, CONDITIONING). ``flag`` is its
+    ``vdm`` command-line option (None: not a flag)."""
+
+    name: str
+    type: str
+    tooltip: str
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    options: tuple[str, ...] = ()
+    optional: bool = False
+    seed: bool = False
+    flag: str | None = None
+    dynamic: bool = False
+    """COMBO whose choices the host adds to ``options`` (the model files it lists); where it gives none,
+    any text is taken (a path, checked when it is opened)."""
+
+    @property
+    def widget(self) -> bool:
+        return self.type in WIDGETS
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    type: str
+    tooltip: str
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node: its id, how ComfyUI shows it, its inputs and outputs, and the function that runs it."""
+
+    node_id: str
+    display_name: str
+    category: str
+    description: str
+    inputs: tuple[Input, ...]
+    outputs: tuple[Output, ...]
+    function: str
+    """Name of the function in ``vdm_app.jobs``."""
+    host_only: bool = False
+    """Needs a ComfyUI host (its inputs are ComfyUI objects): ``vdm run`` cannot execute it."""
+
+    def input(self, name: str) -> Input:
+        for i in self.inputs:
+            if i.name == name:
+                return i
+        raise KeyError(f"{self.node_id} has no input {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _int(name, default, lo, hi, tooltip, **kw) -> Input:
+    return Input(name, "INT", tooltip, default=default, min=lo, max=hi, **kw)
+
+
+WINDOW = _int("window", AUTO, 0, 4096, "Frames sampled together in one window (0 = automatic: the model's native "
+              "frame count). Longer clips are made window by window. Lower it if you run out of memory.", flag="--window")
+TILE = _int("tile", AUTO, 0, 8192, "Tile size in pixels for frames larger than the model (0 = automatic: the "
+            "model's native resolution). Tiles overlap and are blended at every step. Lower it if you run out "
+            "of memory.", flag="--tile")
+OVERLAP = _int("overlap", AUTO, 0, 4096, "Frames shared by neighbouring windows, so they join smoothly (0 = "
+               "automatic: about half a window for interpolation, a quarter for upscaling).", flag="--overlap")
+CLIP_INPUTS = (
+    Input("frames", "IMAGE", "The clip: an IMAGE batch, one image per frame (e.g. from Load Video → Get Video "
+          "Components, VideoHelperSuite's Load Video, or Sprite Clip). Leave it unconnected when you connect `job`.",
+          optional=True),
+    Input("fps", "FLOAT", "Frame rate of `frames` (frames per second). Ignored when `job` is connected: a chained "
+          "job keeps its own frame rate.", default=DEFAULT_FPS, min=0.01, max=1000.0, step=0.01, optional=True),
+    Input("audio", "AUDIO", "Sound of the clip (optional). It is passed on to the sampler's `audio` output; "
+          "extension pads it with silence to the new length.", optional=True),
+    Input("job", "VDM_JOB", "An upstream VDM job instead of `frames`: the jobs are combined and sampled in one pass "
+          "(e.g. Interpolate Frames → Upscale Video).", optional=True),
+)
+JOB_OUTPUT = (Output("vdm_job", "VDM_JOB", "The job description; connect it to Sample DDIM-v (or to another job "
+                     "node to combine jobs).", display_name="job"),)
+
+NODES: dict[str, Node] = {n.node_id: n for n in (
+    Node(
+        "VDM_LoadModel", "Load VDM", "VDM/loaders",
+        "Loads a Video Diffusion Model: the bundled sprites model or a checkpoint (.safetensors written by "
+        "`vdm train`) from models/vdm. ComfyUI moves it to the GPU when a sampler needs it and frees it like any "
+        "other model.",
+        (
+            Input("model_name", "COMBO", "The model. 'vdm-sprites-16 (bundled)' ships with the pack (16 frames of "
+                  "16×16, moving sprites); put your own checkpoints into models/vdm.", default=BUNDLED_NAME,
+                  options=(BUNDLED_NAME,), dynamic=True, flag="--model"),
+            Input("dtype", "COMBO", "Number format of the weights. auto: bf16 on a GPU that supports it, fp32 "
+                  "otherwise. fp16 saves memory but can overflow (NaN) with some models.", default="auto",
+                  options=DTYPES, flag="--dtype"),
+        ),
+        (Output("model", "VDM_MODEL", "The loaded model; connect it to Sample DDIM-v."),),
+        "load_model",
+    ),
+    Node(
+        "VDM_SampleDDIMv", "Sample DDIM-v (VDM)", "VDM/sampling",
+        "Samples a clip with the Video Diffusion Model (DDIM in angle form, v-prediction). With a job (Extend "
+        "Clip, Interpolate Frames, Upscale Video) the known frames or pixels guide the sampler; without one it "
+        "makes a new clip of the given size. Shows a preview and stops at the next step when you cancel.",
+        (
+            Input("model", "VDM_MODEL", "The model from Load VDM (or Use ComfyUI Model)."),
+            _int("length", AUTO, 0, 4096, "Frames of a new clip (only without a job; 0 = the model's native frame "
+                 "count). Longer than the model's window: made window by window.", flag="--frames"),
+            _int("width", AUTO, 0, 8192, "Width in pixels of a new clip (only without a job; 0 = the model's native "
+                 "resolution). Larger than the model: made in blended tiles.", flag="--width"),
+            _int("height", AUTO, 0, 8192, "Height in pixels of a new clip (only without a job; 0 = the model's "
+                 "native resolution).", flag="--height"),
+            _int("steps", 32, 1, 1000, "DDIM steps per window. More is slower and a little cleaner; 32 is plenty "
+                 "for the bundled model.", flag="--steps"),
+            Input("eta", "FLOAT", "Fresh noise per step: 0 = deterministic DDIM, 1 = ancestral sampling.",
+                  default=0.0, min=0.0, max=1.0, step=0.01, flag="--eta"),
+            Input("guidance_weight", "FLOAT", "Reconstruction guidance weight w_r: how hard the sample is pulled "
+                  "towards the known frames or pixels of the job. −1 (any negative value) = auto, the tuned weight "
+                  "for the job: 16 for extend and interpolate, 4·factor² for upscaling by factor (16 at ×2, 64 at "
+                  "×4). 0 turns guidance off.", default=AUTO_WEIGHT, min=AUTO_WEIGHT, max=1000.0, step=0.5,
+                  flag="--guidance"),
+            Input("method", "COMBO", "How the job's known frames steer sampling: both (default, as in VDM: frames "
+                  "known exactly are replaced by noised copies and everything else is pulled by reconstruction "
+                  "guidance; upscaled frames finally get the input's block averages exactly; every job), "
+                  "reconstruction (guidance only), or replacement (no guidance; extend and interpolate only).",
+                  default="both", options=sampling.METHODS, flag="--method"),
+            _int("seed", 0, 0, 0xFFFFFFFFFFFFFFFF, "Noise seed; the same seed gives the same clip on any device.",
+                 seed=True, flag="--seed"),
+            Input("job", "VDM_JOB", "What to make: the output of Extend Clip, Interpolate Frames or Upscale Video. "
+                  "Unconnected: a new clip of length × width × height.", optional=True),
+        ),
+        (
+            Output("images", "IMAGE", "The clip as an IMAGE batch (one image per frame)."),
+            Output("fps", "FLOAT", f"Frame rate of the result: the input's (× the multiplier after interpolation); "
+                   f"{DEFAULT_FPS:g} for a new clip."),
+            Output("audio", "AUDIO", "The job's audio (padded with silence after extension); None when there is "
+                   "none — core Create Video accepts that as silence."),
+        ),
+        "sample_ddim_v",
+    ),
+    Node(
+        "VDM_ExtendClip", "Extend Clip (VDM)", "VDM/jobs",
+        "Describes an extension: new frames that continue the clip forward in time. The input frames are kept "
+        "unchanged; each window sees the last `context` frames made so far. Connect the job to Sample DDIM-v.",
+        (
+            _int("new_frames", 16, 1, 4096, "Frames to add after the clip. Output: input frames + new_frames.",
+                 flag="--frames"),
+            _int("context", AUTO, 0, 4096, "Known frames each window conditions on (0 = automatic: half the "
+                 "window). Must be smaller than the window.", flag="--context"),
+            WINDOW, TILE, *CLIP_INPUTS,
+        ),
+        JOB_OUTPUT, "extend_clip",
+    ),
+    Node(
+        "VDM_InterpolateFrames", "Interpolate Frames (VDM)", "VDM/jobs",
+        "Describes an interpolation: new frames between every pair of input frames. N frames become "
+        "(N − 1)·multiplier + 1 at multiplier × the frame rate, so the duration and the audio stay the same. "
+        "Connect the job to Sample DDIM-v, or to Upscale Video to do both.",
+        (
+            _int("multiplier", 2, 2, 16, "Frame-rate multiplier k: k − 1 new frames between each pair of input "
+                 "frames.", flag="--multiplier"),
+            WINDOW, OVERLAP, TILE, *CLIP_INPUTS,
+        ),
+        JOB_OUTPUT, "interpolate_frames",
+    ),
+    Node(
+        "VDM_UpscaleVideo", "Upscale Video (VDM)", "VDM/jobs",
+        "Describes an upscale: every frame factor × wider and higher, sampled so that its block averages match "
+        "the input (reconstruction guidance). Frame count, frame rate and audio stay the same. Connect the job to "
+        "Sample DDIM-v.",
+        (
+            _int("factor", 2, 2, 8, "Scale factor for width and height (2 = twice as wide and high).",
+                 flag="--factor"),
+            WINDOW, OVERLAP, TILE, *CLIP_INPUTS,
+        ),
+        JOB_OUTPUT, "upscale_video",
+    ),
+    Node(
+        "VDM_SpriteClip", "Sprite Clip (VDM)", "VDM/utils",
+        "Draws a clip of moving sprites (discs, squares, triangles, letters bouncing off the walls) — the kind of "
+        "clip the bundled model was trained on. The same seed always gives the same clip, at any size.",
+        (
+            _int("seed", 0, 0, 0xFFFFFFFFFFFFFFFF, "Which clip: sprites, colours and motion all follow from the seed."),
+            _int("size", 16, 4, 1024, "Width and height in pixels (the bundled model works at 16)."),
+            _int("length", 16, 1, 4096, "Number of frames."),
+            Input("fps", "FLOAT", "Frame rate passed on with the clip.", default=DEFAULT_FPS, min=0.01, max=1000.0,
+                  step=0.01),
+        ),
+        (
+            Output("images", "IMAGE", "The clip as an IMAGE batch."),
+            Output("clip_fps", "FLOAT", "The frame rate (the fps input).", display_name="fps"),
+        ),
+        "sprite_clip",
+    ),
+)}
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+class InputError(ValueError):
+    """A value a user gave that a node cannot take: ``"<node>: <input> <what is wrong and what to do>"``;
+    ``reason`` is the part after the input's name (front ends name the input their own way: the command
+    line by its flag, with ``node`` empty)."""
+
+    def __init__(self, node: str, name: str, reason: str):
+        super().__init__(f"{node}: {name} {reason}" if node else f"{name} {reason}")
+        self.node, self.name, self.reason = node, name, reason
+
+
+def check_value(node: Node, inp: Input, value, options: tuple[str, ...] | None = None):
+    """``value`` checked against ``inp`` (and the dynamic ``options`` of a COMBO); returns it as the
+    input's type (int, float or str). Raises :class:`InputError` naming the node and the input."""
+    def bad(reason: str) -> InputError:
+        return InputError(node.display_name, inp.name, reason)
+
+    if inp.type == "INT":
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            if not (isinstance(value, float) and value.is_integer()):
+                raise bad(f"must be a whole number, got {value!r}")
+        value = int(value)
+    elif inp.type == "FLOAT":
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise bad(f"must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise bad(f"must be a finite number, got {value}; give a value from {inp.min:g} to {inp.max:g}")
+    elif inp.type == "COMBO":
+        if inp.dynamic and options is None:
+            if not isinstance(value, str) or not value:
+                raise bad(f"must name a model, got {value!r}")
+            return value
+        allowed = options if options is not None else inp.options
+        if value not in allowed:
+            shown = ", ".join(map(str, allowed[:8])) + (", …" if len(allowed) > 8 else "")
+            raise bad(f"must be one of {shown}; got {value!r}")
+        return value
+    else:
+        return value
+    if (inp.min is not None and value < inp.min) or (inp.max is not None and value > inp.max):
+        raise bad(f"must be from {inp.min:g} to {inp.max:g}, got {value:g}")
+    return value
+
+
+def check_inputs(node_id: str, values: dict, options: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """All of ``node_id``'s widget inputs checked and completed with their defaults; connection inputs as
+    given (None when absent). Unknown names are refused. ``options``: dynamic COMBO choices by input name
+    (the models the host lists); without them any string is accepted for a COMBO with dynamic options."""
+    node = NODES[node_id]
+    names = {i.name for i in node.inputs}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise InputError(node.display_name, repr(unknown[0]), f"is not an input; its inputs: {', '.join(sorted(names))}")
+    out = {}
+    for inp in node.inputs:
+        value = values.get(inp.name, inp.default)
+        if inp.widget and value is not None:
+            value = check_value(node, inp, value, (options or {}).get(inp.name))
+        elif value is None and not inp.optional:
+            raise InputError(node.display_name, inp.name, f"is not connected; connect a {inp.type} to it")
+        out[inp.name] = value
+    return out
+
+
+def call(node_id: str, values: dict, *, options: dict[str, tuple[str, ...]] | None = None, **hooks) -> tuple:
+    """Run node ``node_id``: its inputs checked and completed by :func:`check_inputs`, then its function in
+    :mod:`vdm_app.jobs` called with them and the host ``hooks``; returns its output tuple."""
+    from . import jobs
+
+    return getattr(jobs, NODES[node_id].function)(**check_inputs(node_id, values, options), **hooks)
+
+
+def flag_inputs(node_id: str) -> list[Input]:
+    """The inputs of ``node_id`` that are ``vdm`` command-line flags."""
+    return [i for i in NODES[node_id].inputs if i.flag]
+
