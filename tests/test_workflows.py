@@ -8,6 +8,7 @@ resume, --set errors and --server client (against a small fake ComfyUI) are exer
 import asyncio
 import base64
 import hashlib
+import socket
 import importlib.util
 import json
 import sys
@@ -315,9 +316,11 @@ class FakeComfy:
     """Just the parts of ComfyUI's HTTP API that `vdm run --server` uses: /upload/image, /prompt, /ws (progress
     messages, a binary preview frame, then "executing" with node None), /history/<id> and /view."""
 
-    def __init__(self, fail_node=None, reject=False):
+    def __init__(self, fail_node=None, reject=False, delay=0.0, die_on=None):
         self.uploads, self.prompts, self.history, self.files = {}, [], {}, {}
-        self.fail_node, self.reject, self.sockets = fail_node, reject, []
+        self.fail_node, self.reject, self.sockets, self.connections = fail_node, reject, [], []
+        self.delay, self.die_on = delay, die_on  # seconds per prompt; the prompt number during which it dies
+        self.stopped = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -339,15 +342,16 @@ class FakeComfy:
                 if url.path == "/ws":
                     accept = base64.b64encode(hashlib.sha1((self.headers["Sec-WebSocket-Key"] +
                                               "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+                    fake.sockets.append(self.wfile)  # before the handshake ends: messages of the next prompt reach it
+                    fake.connections.append(self.connection)
                     self.send_response(101)
                     self.send_header("Upgrade", "websocket")
                     self.send_header("Connection", "Upgrade")
                     self.send_header("Sec-WebSocket-Accept", accept)
                     self.end_headers()
                     self.wfile.flush()
-                    fake.sockets.append(self.wfile)
                     self.close_connection = True
-                    threading.Event().wait(5)  # keep the socket open while the prompt runs
+                    fake.stopped.wait(5)  # keep the socket open while the prompt runs
                 elif url.path.startswith("/history/"):
                     pid = url.path.rsplit("/", 1)[1]
                     self.reply(200, {pid: fake.history[pid]} if pid in fake.history else {})
@@ -387,6 +391,12 @@ class FakeComfy:
             bytes([0x80 | opcode, 126]) + len(payload).to_bytes(2, "big") + payload
 
     def execute(self, pid, prompt):
+        threading.Event().wait(self.delay)
+        if self.die_on == len(self.prompts):  # the server process dies while the prompt runs
+            for conn in self.connections:
+                conn.shutdown(socket.SHUT_RDWR)
+            threading.Thread(target=self.close, daemon=True).start()
+            return
         save = next(k for k, v in prompt.items() if v["class_type"] == "SaveVideo")
         sampler = next(k for k, v in prompt.items() if v["class_type"] == "VDM_SampleDDIMv")
         for ws in self.sockets[-1:]:
@@ -414,6 +424,7 @@ class FakeComfy:
                                                 "animated": [True]}}}
 
     def close(self):
+        self.stopped.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -483,3 +494,42 @@ def test_vdm_run_refuses_bad_values_and_outputs_before_any_compute(assignment, m
     err = capsys.readouterr().err
     assert rc == 2 and message in err and not ran, err
     assert err.strip().splitlines()[-1].startswith("error:")
+
+
+def test_server_pool_runs_every_clip_once_and_survives_a_dying_server(tmp_path, capsys):
+    clips, out = tmp_path / "in", tmp_path / "out"
+    write_clips(clips, range(1, 7), frames=2)
+    a, b = FakeComfy(delay=0.2), FakeComfy(delay=0.2, die_on=2)  # b dies during its second clip
+    try:
+        args = ["run", ROOT / "workflows" / "api" / "extend_video.json", "--server", a.url, "--server", b.url,
+                "--input-dir", clips, "--output-dir", out, "--set", "steps=3"]
+        assert vdm(*args) == 0
+        names = sorted(p.name for p in out.iterdir())
+        assert names == [f"clip{i}.mp4" for i in range(1, 7)]
+        done = {pid for f in (a, b) for pid, h in f.history.items() if h["status"]["status_str"] == "success"}
+        assert len(done) == 6  # every clip ran to the end exactly once
+        assert {(out / n).read_bytes().decode().split()[-1] for n in names} == done
+        assert len(b.prompts) == 2 and len(a.prompts) == 5  # b's lost clip went to a
+        err = capsys.readouterr().err
+        assert f"giving up on {b.url}" in err and "queued again for another server" in err and "6/6" in err
+        a2 = FakeComfy()
+        again = ["run", args[1], "--server", a2.url, *args[6:]]  # resume with another server: all outputs there
+        assert vdm(*again) == 0 and a2.prompts == []
+        a2.close()
+    finally:
+        a.close()
+
+
+def test_server_pool_fails_a_clip_only_when_every_server_failed_it(tmp_path, capsys):
+    clips, out = tmp_path / "in", tmp_path / "out"
+    write_clips(clips, [1, 2], frames=2)
+    a, b = FakeComfy(fail_node=True), FakeComfy(fail_node=True)
+    try:
+        assert vdm("run", ROOT / "workflows" / "api" / "extend_video.json", "--server", a.url, "--server", b.url,
+                   "--input-dir", clips, "--output-dir", out) == 1
+        assert len(a.prompts) == len(b.prompts) == 2  # each clip was tried on both
+        err = capsys.readouterr().err
+        assert "2 clip(s) failed" in err and "out of memory" in err
+    finally:
+        a.close()
+        b.close()

@@ -1,4 +1,4 @@
-"""``vdm run``: a workflow once, or once per clip of a folder, here or on a ComfyUI server.
+"""``vdm run``: a workflow once, or once per clip of a folder, here or on ComfyUI servers.
 
 A batch over a folder runs one job per clip (the workflow's one ``LoadVideo`` file replaced by the clip)
 and names the output after the clip, ``<output dir>/<clip stem>.mp4`` (``<clip stem>_<node id>.mp4``
@@ -14,6 +14,7 @@ from pathlib import Path
 from .executor import accepts, save_settings, check_nodes, numbered_name, run_prompt
 from .graph import OUTPUT_NODES, WorkflowError, id_key, apply_sets, execution_order, load_prompt
 from .lib import video_io
+from .pool import Clip, run_pool
 from .remote import Server, run_on_server
 
 
@@ -65,25 +66,37 @@ def _under(output_dir: Path, item: dict) -> Path:
     return output_dir / rel
 
 
-def run_workflow(path, sets=(), *, input_dir=None, output_dir=".", server: str | None = None, device=None,
+def run_workflow(path, sets=(), *, input_dir=None, output_dir=".", servers=(), device=None,
                  log=None) -> tuple[list[Path], list[tuple[Path, str]]]:
     """``vdm run``: run the workflow in ``path`` once, or once per clip of ``input_dir`` (skipping clips whose
-    outputs exist). Returns (written files, [(clip, error message)] of failed clips)."""
+    outputs exist), here or on the ComfyUI ``servers`` (URLs; several share a batch, ``pool.run_pool``).
+    Returns (written files, [(clip, error message)] of failed clips)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     prompt = apply_sets(load_prompt(path), list(sets), accepts)
     output_dir = Path(output_dir)
-    remote = Server(server) if server else None
+    remotes = [Server(url) for url in servers]
+    if len({s.url for s in remotes}) != len(remotes):
+        raise WorkflowError("--server: the same server is given twice")
+    remote = remotes[0] if remotes else None
     if remote is None:
         check_nodes(prompt, execution_order(prompt))
     if input_dir is None:
+        if len(remotes) > 1:
+            raise WorkflowError("several --server share the clips of an --input-dir; for one run give one --server")
         if remote is None:
             return run_prompt(prompt, numbered_name(output_dir), device=device, log=log), []
         return run_on_server(remote, prompt, lambda nid, it: _under(output_dir, it), log=log), []
-    written, failed = [], []
+    todo = []
     for clip, job, paths, done in batch_jobs(prompt, input_dir, output_dir):
         if done:
             log(f"skip {clip.name}: {', '.join(str(p) for p in paths.values())} exists")
-            continue
+        else:
+            todo.append(Clip(clip, job, paths))
+    if len(remotes) > 1:
+        return run_pool(remotes, todo, log=log, under=lambda it: _under(output_dir, it))
+    written, failed = [], []
+    for item in todo:
+        clip, job, paths = item.path, item.prompt, item.outputs
         log(f"--- {clip.name}")
         try:
             if remote is None:

@@ -274,7 +274,7 @@ def _run(args) -> int:
     from .batch import run_workflow
 
     written, failed = run_workflow(args.workflow, args.set, input_dir=args.input_dir, output_dir=args.output_dir,
-                                   server=args.server, device=args.device)
+                                   servers=args.server, device=args.device)
     for path in written:
         print(path)
     if failed:
@@ -297,8 +297,10 @@ def add_run(sub) -> None:
     p.add_argument("--input-dir", metavar="DIR", help="run once per clip in DIR (the LoadVideo file replaced by each "
                    "clip); outputs are named after the clips and clips whose output exists are skipped")
     p.add_argument("--output-dir", "-o", metavar="DIR", default=".", help="where outputs go (default: .)")
-    p.add_argument("--server", metavar="URL", help="queue on a running ComfyUI (e.g. http://127.0.0.1:8188) and "
-                   "download its outputs, instead of running here (needs websocket-client)")
+    p.add_argument("--server", metavar="URL", action="append", default=[],
+                   help="queue on a running ComfyUI (e.g. http://127.0.0.1:8188) and download its outputs, instead of "
+                   "running here (needs websocket-client). Repeat it to share the clips of --input-dir among several "
+                   "servers: each clip runs once; a clip whose server fails or dies is run on another")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available; not used with --server)")
     p.set_defaults(func=_run)
 

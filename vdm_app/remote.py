@@ -89,8 +89,8 @@ class Server:
         """Follow ``prompt_id`` until it finishes; returns its /history entry (which appears once the prompt
         has finished). With a websocket, progress messages go to ``progress(node, value, max)`` and /history
         is asked when the server reports the end (and every 5 s in case that message was missed); without
-        one, /history is polled every second. Raises WorkflowError on an execution error, an interruption,
-        a lost server or after the timeout."""
+        one (or once the socket closes), /history is polled every second. Raises WorkflowError on an
+        execution error, an interruption, a server that cannot be reached, or after the timeout."""
         websocket = _websocket()
         deadline, last_poll, ended = time.time() + self.timeout, time.time(), ws is None
         if ws is not None:
@@ -109,9 +109,10 @@ class Server:
                     text = ws.recv()
                 except websocket.WebSocketTimeoutException:
                     continue
-                except (OSError, websocket.WebSocketException) as e:
-                    raise WorkflowError(f"lost the connection to ComfyUI at {self.url} while prompt {prompt_id} "
-                                        f"ran: {e}") from None
+                except (OSError, websocket.WebSocketException):  # the socket closed: ask /history from now on
+                    ws.close(timeout=0.5)
+                    ws, ended = None, True
+                    continue
                 if not isinstance(text, str):
                     continue  # binary frames are previews
                 try:
@@ -128,7 +129,7 @@ class Server:
                     kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id)
         finally:
             if ws is not None:
-                ws.close()
+                ws.close(timeout=0.5)  # ComfyUI answers the close at once; do not wait long for one that does not
         raise WorkflowError(f"prompt {prompt_id} did not finish within {self.timeout:.0f} s on {self.url}")
 
     def download(self, item: dict, path: Path) -> Path:
