@@ -14,7 +14,7 @@ The network computes in its own parameter dtype and returns ``v̂`` in ``z``'s d
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .schedule import t_of_phi
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -33,17 +37,19 @@ class UNet3DConfig:
     ``resolution`` and ``frames`` record the clip size the network was trained on.
     """
 
-    channels: int = 3
-    base_width: int = 32
-    width_mults: tuple[int, ...] = (1, 2, 4)
-    blocks_per_level: int = 1
-    spatial_attn_levels: tuple[int, ...] | None = None
-    heads: int = 4
-    dropout: float = 0.0
-    rel_pos_buckets: int = 32
-    rel_pos_max_distance: int = 32
-    resolution: int = 32
-    frames: int = 16
+    channels: int = _opt(3, "colour channels of the clips (3: RGB)")
+    base_width: int = _opt(32, "channels of the full-resolution level (even)")
+    width_mults: tuple[int, ...] = _opt((1, 2, 4), "channel multiplier of each level; one level per entry, "
+                                                   "each halving the resolution")
+    blocks_per_level: int = _opt(1, "res-blocks per level")
+    spatial_attn_levels: tuple[int, ...] | None = _opt(None, "levels (0 = full resolution) with spatial "
+                                                             "attention (default: all but level 0)")
+    heads: int = _opt(4, "attention heads (every level's width must be divisible by it)")
+    dropout: float = _opt(0.0, "dropout in the res-blocks")
+    rel_pos_buckets: int = _opt(32, "buckets of the temporal attention's relative position bias (T5)")
+    rel_pos_max_distance: int = _opt(32, "frame distance beyond which relative positions share a bucket")
+    resolution: int = _opt(32, "frame size the network was trained on (set by training)")
+    frames: int = _opt(16, "frames the network was trained on (set by training)")
 
     def __post_init__(self):
         self.width_mults = tuple(int(m) for m in self.width_mults)
