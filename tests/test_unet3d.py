@@ -280,3 +280,13 @@ def test_config_dict_round_trip():
     assert UNet3DConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match=r"unknown config fields \['wings'\]"):
         UNet3DConfig.from_dict({**cfg.to_dict(), "wings": 2})
+
+
+def test_compiles_as_one_graph_with_the_frame_mask(random_unet):
+    """torch.compile (vdm train --compile) traces the network without graph breaks; the same outputs."""
+    torch._dynamo.reset()
+    model = random_unet()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: a graph break is an error
+    z, mask = clip(2, 4, 8, 8), torch.tensor([False, True])
+    with torch.no_grad():
+        assert torch.allclose(compiled(z, phis(2), mask), model(z, phis(2), mask), atol=1e-6)

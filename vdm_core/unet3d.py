@@ -195,7 +195,8 @@ class TemporalAttention(nn.Module):
         seq = self.norm(x).reshape(b, frames, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, frames, c)
         q, k, v = self.qkv(seq).reshape(b * h * w, frames, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias(frames, x.device).to(q.dtype))
-        if independent is not None and bool(independent.any()):
+        # compiled graphs take the torch.where always: branching on a tensor's value breaks the graph
+        if independent is not None and (torch.compiler.is_compiling() or bool(independent.any())):
             keep_self = independent.repeat_interleave(h * w)[:, None, None, None]
             out = torch.where(keep_self, v, out)
         out = out.transpose(1, 2).reshape(b, h * w, frames, c)
