@@ -13,12 +13,9 @@ def _train(args) -> None:
                          blocks_per_level=args.blocks_per_level)
     cfg = TrainConfig(out=args.out, data=args.data, size=args.size, frames=args.frames, steps=args.steps,
                       batch=args.batch, lr=args.lr, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                      sample_every=args.sample_every, stride=args.stride, model=model)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    train(cfg, resume=args.resume, device=args.device)
+                      sample_every=args.sample_every, stride=args.stride, model=model, resume=args.resume,
+                      device=args.device, threads=args.threads)
+    train(cfg)
 
 
 def add_train(sub) -> None:
