@@ -236,8 +236,16 @@ def test_stills_train_with_temporal_attention_masked(tmp_path, monkeypatch):
 def test_tensorboard_scalars_or_a_clear_message(tmp_path, monkeypatch):
     board = tmp_path / "board"
     if importlib.util.find_spec("tensorboard") is not None:
-        train(tiny_config(tmp_path, steps=2, log_every=1, tensorboard=str(board)), log=lambda s: None)
-        assert list(board.glob("events.out.tfevents.*"))
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        logs = []
+        train(tiny_config(tmp_path, steps=2, log_every=1, val_every=2, val_clips=2, tensorboard=str(board)),
+              log=logs.append)
+        events = EventAccumulator(str(board))
+        events.Reload()
+        assert set(events.Tags()["scalars"]) == {"train/loss", "train/lr", "train/clips_per_s", "val/loss"}
+        assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+        assert [round(e.value, 5) for e in events.Scalars("train/loss")] == list(losses(logs).values())
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
     logs = []
     train(tiny_config(tmp_path, steps=2, tensorboard=str(tmp_path / "off")), log=logs.append)

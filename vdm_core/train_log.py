@@ -42,10 +42,12 @@ class TrainLog:
 
     def step(self, step: int, loss: float, lr: float) -> None:
         """After optimizer step ``step`` (counted from 1) with global mean loss ``loss``."""
+        if not self.main:
+            return
         self.losses.append(loss)
         if self.bar is not None:
             self.bar.update(1)
-        if not self.main or (step % self.every and step != self.steps):
+        if step % self.every and step != self.steps:
             return
         now = time.perf_counter()
         rate = self.batch * len(self.losses) / max(now - self.t0, 1e-9)
