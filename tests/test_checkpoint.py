@@ -285,3 +285,27 @@ def test_valid_file_whose_header_length_looks_like_a_pickle(tmp_path, low_bytes,
     else:
         pytest.fail(f"found no padding that starts the file with {low_bytes!r}")
     assert checkpoint.load(path).training_info["pad"] == "x" * pad
+
+
+def test_network_config_reads_the_metadata_only(saved, tmp_path, monkeypatch):
+    path, model = saved
+    monkeypatch.setattr(checkpoint, "read", lambda *a: pytest.fail("network_config read the tensors"))
+    assert checkpoint.network_config(path) == model.config
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.network_config(tmp_path / "nope.safetensors")
+    other = tmp_path / "other.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(other))
+    with pytest.raises(CheckpointError, match="another program"):
+        checkpoint.network_config(other)
+
+
+def test_resume_restores_adams_own_step_count(tmp_path, random_unet):
+    """fp16 loss scaling skips optimizer steps, so AdamW's count (its bias correction) can lag the training step."""
+    model, ema = random_unet(0), random_unet(1).requires_grad_(False)
+    opt = _adam_steps(model, steps=3)
+    path = tmp_path / "r.safetensors"
+    checkpoint.save(path, model, ema=ema, optimizer=opt, train_state={"step": 5, "optimizer_step": 3})
+    model2 = random_unet(2)
+    opt2 = torch.optim.AdamW(model2.parameters())
+    checkpoint.load_train_state(path, model2, random_unet(3), opt2)
+    assert {float(s["step"]) for s in opt2.state.values()} == {3.0}

@@ -126,3 +126,29 @@ def test_a_model_that_returns_nan_is_an_error_message(files, capsys, monkeypatch
     assert run(files, "extend", clip, "-o", str(d / "nan.mp4"), "--frames", "2") == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "NaN" in err and not (d / "nan.mp4").exists()
+
+
+def test_train_flags_are_the_config_fields():
+    """`vdm train` has one flag per TrainConfig field (and per network field), defaulting to the field."""
+    import dataclasses
+
+    from vdm_core.train import TrainConfig
+    from vdm_core.unet3d import UNet3DConfig
+
+    p = cli.parser()
+    train = next(a for a in p._actions if a.dest == "command").choices["train"]
+    args = train.parse_args(["-o", "x.safetensors"])
+    assert cli.config_from_args(TrainConfig, args) == TrainConfig(out="x.safetensors")
+    flags = {s for a in train._actions for s in a.option_strings}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "model":
+            assert f"--{f.name.replace('_', '-')}" in flags, f.name
+    for f in dataclasses.fields(UNet3DConfig):
+        if f.name not in ("resolution", "frames", "channels"):
+            assert f"--{f.name.replace('_', '-')}" in flags, f.name
+    cfg = cli.config_from_args(TrainConfig, train.parse_args(
+        ["-o", "y", "--warmup", "5", "--weight-decay", "0", "--grad-clip", "0.5", "--ema-decay", "0.99",
+         "--width-mults", "1", "2", "--compile", "--images", "stills"]))
+    assert (cfg.warmup, cfg.weight_decay, cfg.grad_clip, cfg.ema_decay, cfg.compile, cfg.images) == \
+        (5, 0.0, 0.5, 0.99, True, "stills")
+    assert cfg.model.width_mults == (1, 2) and cfg.model.attention_levels == (1,)

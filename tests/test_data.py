@@ -1,7 +1,5 @@
 """Training data: procedural moving sprites (determinism, resolution independence, bouncing motion, splits)
-and windows from a folder of clips."""
-import dataclasses
-import importlib.util
+and the endless position-indexed sprite dataset. Folders of clips and stills: test_footage.py."""
 import itertools
 import random
 
@@ -11,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from vdm_core.data import (
-    SPLIT_BASE, SPLIT_SIZE, ClipFolder, SpriteClips, sprite_batch, sprite_centres, sprite_clip, sprite_scene,
-    split_seed,
+    SPLIT_BASE, SPLIT_SIZE, SpriteClips, item_rng, item_seed, sprite_batch, sprite_centres, sprite_clip,
+    sprite_scene, split_seed,
 )
+from vdm_core.distributed import BatchPositions
 
 
 def test_sprite_clip_is_deterministic_shaped_and_in_range():
@@ -123,79 +122,35 @@ def test_sprite_batch():
     assert torch.equal(batch[1], sprite_clip(split_seed("test", 2), size=8, frames=3))
 
 
-def test_sprite_clips_yields_train_clips():
-    items = list(itertools.islice(iter(SpriteClips(size=8, frames=3, seed=1)), 3))
-    again = list(itertools.islice(iter(SpriteClips(size=8, frames=3, seed=1)), 3))
-    other = next(iter(SpriteClips(size=8, frames=3, seed=2)))
-    rng = random.Random(1)
-    for item, same in zip(items, again):
-        assert item.shape == (3, 3, 8, 8) and torch.equal(item, same)
-        index = rng.randrange(SPLIT_SIZE)
+def test_sprite_clips_item_n_depends_on_seed_and_n_only():
+    data = SpriteClips(size=8, frames=3, seed=1)
+    items = [data[n] for n in range(3)]
+    for n, item in enumerate(items):
+        index = random.Random(f"sprites-1-{n}").randrange(SPLIT_SIZE)
+        assert item.shape == (3, 3, 8, 8)
         assert torch.equal(item, sprite_clip(split_seed("train", index), size=8, frames=3))
-    assert not torch.equal(items[0], items[1]) and not torch.equal(items[0], other)
-    loader = torch.utils.data.DataLoader(SpriteClips(size=8, frames=3), batch_size=4)
-    assert next(iter(loader)).shape == (4, 3, 3, 8, 8)
+    assert torch.equal(SpriteClips(size=8, frames=3, seed=1)[2], items[2])  # in any order, in any process
+    assert not torch.equal(items[0], items[1]) and not torch.equal(items[0], SpriteClips(8, 3, seed=2)[0])
+    val = SpriteClips(size=8, frames=3, seed=1, split="val")[0]
+    index = random.Random("sprites-1-0").randrange(SPLIT_SIZE)
+    assert torch.equal(val, sprite_clip(split_seed("val", index), size=8, frames=3))
+    with pytest.raises(ValueError, match="split must be one of"):
+        SpriteClips(8, 3, split="validation")
 
 
-# ---------------------------------------------------------------- a folder of the user's clips
-
-_HAVE_VIDEO_IO = importlib.util.find_spec("vdm_core.video_io") is not None
-needs_video_io = pytest.mark.skipif(not _HAVE_VIDEO_IO, reason="vdm_core.video_io not written yet")
-
-
-def _ramp_clip(frames, h, w):
-    """Uniform grey frames whose level rises 0.1 a frame: frame k is −0.8 + 0.1·k everywhere."""
-    levels = -0.8 + 0.1 * torch.arange(frames, dtype=torch.float32)
-    return levels[None, :, None, None].expand(3, frames, h, w).contiguous()
-
-
-@needs_video_io
-def test_clip_folder_yields_windows(tmp_path):
-    from vdm_core.video_io import write_video
-
-    write_video(tmp_path / "short.mp4", _ramp_clip(5, 20, 24), fps=8)
-    write_video(tmp_path / "long.mp4", _ramp_clip(14, 20, 24), fps=8)
-    (tmp_path / "notes.txt").write_text("not a clip")
-    data = ClipFolder(tmp_path, size=8, frames=4, stride=2, seed=0)
-    assert [p.name for p, _ in data.clips] == ["long.mp4"]  # 5 frames < the 7 a window spans
-    items = list(itertools.islice(iter(data), 6))
-    assert len(items) == 6
-    for x in items:
-        assert x.shape == (3, 4, 8, 8) and x.min() >= -1 and x.max() <= 1
-        levels = x.mean(dim=(0, 2, 3))
-        assert torch.allclose(levels[1:] - levels[:-1], torch.full((3,), 0.2), atol=0.03)  # every 2nd frame
-        start = round((levels[0].item() + 0.8) / 0.1)
-        assert 0 <= start <= 14 - 7
-    starts = {round((x.mean(dim=(0, 2, 3))[0].item() + 0.8) / 0.1) for x in items}
-    assert len(starts) > 1  # windows start at random frames
-    again = list(itertools.islice(iter(ClipFolder(tmp_path, size=8, frames=4, stride=2, seed=0)), 6))
-    assert all(torch.equal(a, b) for a, b in zip(items, again))
+def test_loader_workers_and_ranks_read_the_same_items():
+    """Two ranks x two workers read the positions of the global batch, each once: the items of one process."""
+    data = SpriteClips(size=8, frames=2, seed=3)
+    batches = {}
+    for rank in range(2):
+        loader = torch.utils.data.DataLoader(data, batch_sampler=BatchPositions(6, 4, rank, 2, 1), num_workers=2)
+        batches[rank] = list(itertools.islice(iter(loader), 3))
+    for step in range(3):
+        both = torch.cat([batches[0][step], batches[1][step]])
+        assert torch.equal(both, torch.stack([data[n] for n in range(6 + 4 * step, 10 + 4 * step)]))
 
 
-@needs_video_io
-def test_clip_folder_copes_with_a_header_that_claims_too_many_frames(tmp_path, monkeypatch):
-    from vdm_core import video_io
-    from vdm_core.video_io import write_video
-
-    write_video(tmp_path / "a.mp4", _ramp_clip(8, 16, 16), fps=8)
-    real = video_io.probe
-    monkeypatch.setattr(video_io, "probe", lambda p, **kw: dataclasses.replace(real(p, **kw), frames=30))
-    data = ClipFolder(tmp_path, size=8, frames=4, seed=0)
-    assert data.clips[0][1] == 30
-    items = list(itertools.islice(iter(data), 8))
-    assert all(x.shape == (3, 4, 8, 8) for x in items)  # short reads are retried, never yielded
-    write_video(tmp_path / "a.mp4", _ramp_clip(3, 16, 16), fps=8)
-    with pytest.raises(ValueError, match="claim more frames than they hold"):
-        next(iter(ClipFolder(tmp_path, size=8, frames=4, seed=0)))
-
-
-@needs_video_io
-def test_clip_folder_errors(tmp_path):
-    from vdm_core.video_io import write_video
-
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        ClipFolder(tmp_path / "nowhere", size=8, frames=4)
-    write_video(tmp_path / "a.mp4", _ramp_clip(5, 16, 16), fps=8)
-    with pytest.raises(ValueError, match=r"no clip in .* has the 9 frames a training window needs "
-                                         r"\(frames=5, stride=2\)"):
-        ClipFolder(tmp_path, size=8, frames=5, stride=2)
+def test_item_seeds_are_stable_and_distinct():
+    assert item_seed("noise", 0, 5) == item_seed("noise", 0, 5) < 2**56
+    assert len({item_seed(k, s, n) for k in ("noise", "t") for s in (0, 1) for n in range(50)}) == 200
+    assert item_rng("t", 2, 7).random() == random.Random("t-2-7").random()

@@ -1,21 +1,27 @@
-"""v-loss training: it learns, the learning-rate schedule, resuming, NaN detection."""
+"""v-loss training in one process: it learns, the learning-rate schedule, resuming (also files from before
+data positions were saved), accumulation and data workers, validation, joint image training, NaN and bad
+settings, progress output. Several processes: test_distributed.py."""
 import importlib.util
+import io
 import math
+import re
+import sys
+import typing
+from dataclasses import fields
 
 import pytest
 import torch
+from PIL import Image
 
 from vdm_core import checkpoint
 from vdm_core import train as train_module
-from vdm_core.data import sprite_batch
-from vdm_core.train import TrainConfig, lr_at, train, v_loss
+from vdm_core.data import SpriteClips, sprite_batch
+from vdm_core.train import TrainConfig, item_noise, lr_at, train, v_loss, v_losses
+from vdm_core.train_log import TrainLog
 from vdm_core.unet3d import UNet3D, UNet3DConfig
+from vdm_core.video_io import probe, write_video
 
-
-def tiny_config(tmp_path, **kw) -> TrainConfig:
-    base = dict(out=str(tmp_path / "model.safetensors"), size=8, frames=4, batch=4, steps=30, lr=3e-3, warmup=5,
-                checkpoint_every=0, model=UNet3DConfig(base_width=8, width_mults=(1, 2), heads=2))
-    return TrainConfig(**{**base, **kw})
+from train_runs import drift, initial_weights, losses, raw_weights, tiny_config
 
 
 def val_loss(model, x) -> float:
@@ -27,7 +33,7 @@ def val_loss(model, x) -> float:
 def test_training_lowers_the_loss(tmp_path):
     cfg = tiny_config(tmp_path)
     logs = []
-    path = train(cfg, device="cpu", log=logs.append)
+    path = train(cfg, log=logs.append)
     x = sprite_batch("val", range(16), size=8, frames=4)
     before = val_loss(UNet3D(cfg.model), x)  # a fresh network predicts v = 0
     model = checkpoint.load(path)
@@ -37,7 +43,8 @@ def test_training_lowers_the_loss(tmp_path):
     assert model.training_info["steps"] == 30 and model.training_info["resolution"] == 8
     assert model.config.frames == 4 and model.config.resolution == 8
     assert logs[-1] == f"wrote {path} after 30 steps"
-    assert sum(line.startswith("step ") for line in logs) == 3
+    assert sorted(losses(logs)) == [10, 20, 30]
+    assert re.fullmatch(r"step 30/30 loss [\d.]+ lr [\d.e+-]+ [\d.]+ clips/s eta 00:00", logs[-2])
 
 
 def test_v_loss_of_a_zero_model_is_the_mean_square_of_v():
@@ -70,20 +77,20 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth():
 
 def test_resume_continues_the_step_count(tmp_path):
     first = tiny_config(tmp_path, steps=4)
-    path = train(first, device="cpu", log=lambda s: None)
+    path = train(first, log=lambda s: None)
     meta, tensors = checkpoint.read(path)
     assert '"step": 4' in meta["train_state"]
 
     # resuming at the end changes no weight (raw, EMA and moments all restored and saved back)
-    again = tiny_config(tmp_path, steps=4, out=str(tmp_path / "again.safetensors"))
-    train(again, resume=str(path), device="cpu", log=lambda s: None)
+    again = tiny_config(tmp_path, steps=4, out=str(tmp_path / "again.safetensors"), resume=str(path))
+    train(again, log=lambda s: None)
     _, tensors_again = checkpoint.read(again.out)
     assert tensors.keys() == tensors_again.keys()
     assert all(torch.equal(tensors[k], tensors_again[k]) for k in tensors)
 
     logs = []
-    more = tiny_config(tmp_path, steps=7, out=str(tmp_path / "more.safetensors"))
-    train(more, resume=str(path), device="cpu", log=logs.append)
+    more = tiny_config(tmp_path, steps=7, out=str(tmp_path / "more.safetensors"), resume=str(path))
+    train(more, log=logs.append)
     assert logs[0] == f"resumed {path} at step 4"
     assert logs[-1].endswith("after 7 steps")
     meta2, tensors2 = checkpoint.read(more.out)
@@ -93,26 +100,219 @@ def test_resume_continues_the_step_count(tmp_path):
     assert not torch.equal(tensors["conv_in.weight"], tensors2["conv_in.weight"])  # it trained on
 
 
-def test_nan_loss_raises(tmp_path, monkeypatch):
-    nan_clips = [torch.full((3, 4, 8, 8), float("nan"))] * 8
-    monkeypatch.setattr(train_module, "make_dataset", lambda cfg, seed: nan_clips)
-    with pytest.raises(FloatingPointError, match="loss became nan at step 0; lower --lr"):
-        train(tiny_config(tmp_path), device="cpu", log=lambda s: None)
-    assert not (tmp_path / "model.safetensors").exists()
+    state = checkpoint.read(more.out)[0]["train_state"]
+    assert '"position": 28' in state and '"seed": 0' in state  # 7 steps of 4 clips consumed
 
 
-_HAVE_VIDEO_IO = importlib.util.find_spec("vdm_core.video_io") is not None
+def test_an_older_checkpoint_resumes_with_fresh_data(tmp_path):
+    """The bundled model was saved before data positions were: it resumes, on a stream it has not seen."""
+    meta, _ = checkpoint.read(checkpoint.BUNDLED)
+    assert '"position"' not in meta["train_state"]
+    logs = []
+    out = tmp_path / "more.safetensors"
+    cfg = TrainConfig(out=str(out), steps=8001, batch=2, device="cpu", resume=str(checkpoint.BUNDLED))
+    train(cfg, log=logs.append)
+    assert logs[:2] == [f"resumed {checkpoint.BUNDLED} at step 8000",
+                        f"{checkpoint.BUNDLED} holds no data position (an older checkpoint): clips and noise are "
+                        f"drawn fresh, from seed 8000"]
+    model = checkpoint.load(out)
+    assert model.config == checkpoint.load().config  # the network is the checkpoint's, not cfg.model's
+    assert model.training_info["steps"] == 8001
+    state = checkpoint.read(out)[0]["train_state"]
+    assert '"position": 2' in state and '"seed": 8000' in state
 
 
-@pytest.mark.skipif(not _HAVE_VIDEO_IO, reason="vdm_core.video_io not written yet")
-def test_trains_on_a_folder_and_writes_samples(tmp_path):
-    from vdm_core.video_io import probe, write_video
+def test_accumulation_and_data_workers_take_the_same_steps(tmp_path):
+    one = tiny_config(tmp_path, steps=5, log_every=1, out=str(tmp_path / "one.safetensors"))
+    split = tiny_config(tmp_path, steps=5, log_every=1, accumulate=2, workers=2,
+                        out=str(tmp_path / "split.safetensors"))
+    logs_one, logs_split = [], []
+    train(one, log=logs_one.append)
+    train(split, log=logs_split.append)
+    a, b = losses(logs_one), losses(logs_split)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
+    assert len(set(a.values())) == 5  # the loss changes from step to step: a real comparison
+    assert all(abs(a[s] - b[s]) <= 2e-5 for s in a), (a, b)
+    assert drift(raw_weights(one.out), raw_weights(split.out), initial_weights(one)) < 0.05
+    with pytest.raises(ValueError, match=r"--batch 4 \(the global batch\) must be a multiple of the 1 process\(es\) "
+                                         r"× --accumulate 3 = 3; use --batch 3"):
+        train(tiny_config(tmp_path, accumulate=3), log=lambda s: None)
 
+
+class _NanAfter(torch.utils.data.Dataset):
+    """Sprites, then NaN clips from position ``first_bad`` on."""
+
+    def __init__(self, first_bad):
+        self.clips, self.first_bad = SpriteClips(8, 4), first_bad
+
+    def __getitem__(self, n):
+        return self.clips[n] if n < self.first_bad else torch.full((3, 4, 8, 8), float("nan"))
+
+
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "model.safetensors"
+    monkeypatch.setattr(train_module, "make_dataset", lambda cfg, seed, split: _NanAfter(0))
+    with pytest.raises(FloatingPointError, match=r"^loss became nan at step 1; training stopped without writing\. "
+                                                 r"no checkpoint was written yet: start again with a lower --lr$"):
+        train(tiny_config(tmp_path, checkpoint_every=2), log=lambda s: None)
+    assert not out.exists()
+
+    monkeypatch.setattr(train_module, "make_dataset", lambda cfg, seed, split: _NanAfter(12))  # step 4 is bad
+    with pytest.raises(FloatingPointError, match=rf"^loss became nan at step 4; training stopped without writing\. "
+                                                 rf"the last good checkpoint is {re.escape(str(out))} \(step 2\): "
+                                                 rf"resume from it with a lower --lr$"):
+        train(tiny_config(tmp_path, checkpoint_every=2), log=lambda s: None)
+    assert '"step": 2' in checkpoint.read(out)[0]["train_state"]
+    assert all(torch.isfinite(v).all() for v in checkpoint.read(out)[1].values())
+
+
+def test_trains_on_a_folder_says_what_it_skipped_and_writes_samples(tmp_path):
     clips = tmp_path / "clips"
     write_video(clips / "a.mp4", sprite_batch("train", [0], size=16, frames=8)[0], fps=8)
+    (clips / "b.mp4").write_bytes(b"not a video")
     cfg = tiny_config(tmp_path, data=str(clips), steps=2, sample_every=2, sample_steps=2)
-    path = train(cfg, device="cpu", log=lambda s: None)
+    logs = []
+    path = train(cfg, log=logs.append)
+    assert any(re.fullmatch(rf"data: {re.escape(str(clips))}: 1 clip\(s\), 1 file\(s\) skipped \(b\.mp4: "
+                            r"unreadable: .*\)", line) for line in logs), logs
     assert checkpoint.load(path).training_info["data"] == str(clips)
-    gif = tmp_path / "model.step2.gif"
-    info = probe(gif)
+    info = probe(tmp_path / "model.step2.gif")
     assert (info.frames, info.width, info.height) == (4, 8, 8)
+    with pytest.raises(FileNotFoundError, match="--data 'nowhere' is neither 'sprites' nor an existing folder"):
+        train(tiny_config(tmp_path, data="nowhere"), log=lambda s: None)
+
+
+def test_validation_loss_is_the_ema_models_loss_on_held_out_clips(tmp_path):
+    cfg = tiny_config(tmp_path, steps=4, val_every=2, val_clips=6)
+    logs = []
+    train(cfg, log=logs.append)
+    val = {int(m[1]): float(m[2]) for m in (re.match(r"step (\d+)/4 val loss ([\d.]+) \(EMA weights, 6 held-out "
+                                                     r"clips\)", x) for x in logs) if m}
+    assert sorted(val) == [2, 4]
+    ema = checkpoint.load(cfg.out)  # the EMA weights after step 4
+    held_out = SpriteClips(8, 4, seed=0, split="val")
+    x = torch.stack([held_out[n] for n in range(6)])
+    t = (torch.arange(6) + 0.5) / 6
+    noise = item_noise(range(6), x.shape[1:], 0, torch.Generator(), kind="val-noise")
+    with torch.no_grad():
+        expected = v_losses(ema, x, t, noise).mean().item()
+    assert val[4] == pytest.approx(expected, abs=1e-5)
+
+
+def test_stills_train_with_temporal_attention_masked(tmp_path, monkeypatch):
+    """With --images, some items are stacks of stills; the U-Net gets independent_frames true for exactly those."""
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for i in range(5):
+        Image.new("RGB", (12, 10), (50 * i, 200 - 40 * i, 90)).save(stills / f"{i}.png")
+    seen_x, seen_flags = [], []
+    real_losses, real_forward = train_module.v_losses, UNet3D.forward
+
+    def spy_losses(model, x, t, noise, independent=None):
+        seen_x.append((x.clone(), independent.clone()))
+        return real_losses(model, x, t, noise, independent)
+
+    def spy_forward(self, z, phi, independent_frames=False):
+        seen_flags.append(torch.as_tensor(independent_frames).clone())
+        return real_forward(self, z, phi, independent_frames)
+
+    monkeypatch.setattr(train_module, "v_losses", spy_losses)
+    monkeypatch.setattr(UNet3D, "forward", spy_forward)
+    logs = []
+    train(tiny_config(tmp_path, steps=3, images=str(stills), image_ratio=0.5), log=logs.append)
+    assert f"stills: {stills}: 5 still(s), 50% of the items" in logs
+    assert len(seen_x) == len(seen_flags) == 3
+    kinds = set()
+    for (x, independent), flags in zip(seen_x, seen_flags):
+        assert independent.dtype == torch.bool and torch.equal(flags, independent)
+        for clip, is_image in zip(x, independent.tolist()):
+            uniform = bool(((clip - clip[:, :, :1, :1]).abs() < 1e-6).all())  # each frame one flat colour
+            assert uniform == is_image
+            kinds.add(is_image)
+    assert kinds == {True, False}
+    assert "50% of the items" in checkpoint.load(tmp_path / "model.safetensors").training_info["images"]
+
+
+def test_tensorboard_scalars_or_a_clear_message(tmp_path, monkeypatch):
+    board = tmp_path / "board"
+    if importlib.util.find_spec("tensorboard") is not None:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        logs = []
+        train(tiny_config(tmp_path, steps=2, log_every=1, val_every=2, val_clips=2, tensorboard=str(board)),
+              log=logs.append)
+        events = EventAccumulator(str(board))
+        events.Reload()
+        assert set(events.Tags()["scalars"]) == {"train/loss", "train/lr", "train/clips_per_s", "val/loss"}
+        assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+        assert [round(e.value, 5) for e in events.Scalars("train/loss")] == list(losses(logs).values())
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    logs = []
+    train(tiny_config(tmp_path, steps=2, tensorboard=str(tmp_path / "off")), log=logs.append)
+    assert (f"TensorBoard logging to {tmp_path / 'off'} is off: the tensorboard package is not installed "
+            f"(pip install tensorboard)") in logs
+    assert logs[-1].startswith("wrote ")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    report = TrainLog(steps=20, start=10, batch=8, log_every=5, main=True)
+    for step in range(11, 21):
+        report.step(step, 0.5, 1e-3)
+    report.info("a message")
+    report.close()
+    shown = sys.stderr.getvalue()
+    assert "20/20" in shown and "loss 0.5000" in shown and "clips/s" in shown and "a message" in shown
+    assert "\r" in shown  # redrawn in place
+    lines = []
+    report = TrainLog(steps=20, start=10, batch=8, log_every=5, main=True, log=lines.append)
+    for step in range(11, 21):
+        report.step(step, 0.25, 1e-3)
+    assert [x.split(" loss")[0] for x in lines] == ["step 15/20", "step 20/20"]
+    assert all(" loss 0.25000 lr 1.00e-03 " in x and " clips/s eta " in x for x in lines)
+    quiet = []
+    report = TrainLog(steps=20, start=10, batch=8, log_every=5, main=False, log=quiet.append)
+    report.step(15, 0.25, 1e-3)
+    report.info("only rank 0 reports")
+    assert quiet == []
+
+
+def _flag_type_ok(tp) -> bool:
+    """The annotation kinds the generated `vdm train` flags handle: int, float, str, bool, tuple[int, ...], X | None."""
+    args = typing.get_args(tp)
+    if type(None) in args:
+        return all(_flag_type_ok(a) for a in args if a is not type(None))
+    return tp in (int, float, str, bool) or (typing.get_origin(tp) is tuple and args == (int, ...))
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, UNet3DConfig])
+def test_every_setting_is_a_typed_field_with_help(cls):
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+        if cls is TrainConfig and f.name == "model":
+            assert hints[f.name] is UNet3DConfig
+        else:
+            assert _flag_type_ok(hints[f.name]), (f.name, hints[f.name])
+
+
+@pytest.mark.parametrize("setting, message", [
+    (dict(batch=0), "--batch must be at least 1, got 0"),
+    (dict(log_every=0), "--log-every must be at least 1, got 0"),
+    (dict(precision="half"), "--precision must be one of auto, fp32, bf16, fp16, got 'half'"),
+    (dict(crop="middle"), "--crop must be one of random, centre, got 'middle'"),
+    (dict(images="x", image_ratio=1.5), "--image-ratio must be between 0 and 1"),
+    (dict(ema_decay=1.0), r"--ema-decay must be in \[0, 1\), got 1.0"),
+    (dict(workers=-1), "--workers must be at least 0, got -1"),
+    (dict(device="gpu"), "--device 'gpu' is not a device; use cpu, cuda, cuda:1"),
+    pytest.param(dict(device="cuda"), "--device cuda: torch finds no cuda device here", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="this machine has a CUDA GPU")),
+])
+def test_bad_settings_name_the_flag(tmp_path, setting, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(tmp_path, **setting), log=lambda s: None)

@@ -232,7 +232,7 @@ def test_bfloat16_model_returns_input_dtype(random_unet):
 
 def test_default_width_builds():
     model = UNet3D(UNet3DConfig(base_width=32, width_mults=(1, 2, 4)))
-    assert model.config.spatial_attn_levels == (1, 2) and model.config.heads == 4
+    assert model.config.attention_levels == (1, 2) and model.config.heads == 4
     assert 1e6 < sum(p.numel() for p in model.parameters()) < 2e7
     with torch.no_grad():
         assert model(clip(1, 2, 8, 8), phis(1)).shape == (1, 3, 2, 8, 8)
@@ -280,3 +280,13 @@ def test_config_dict_round_trip():
     assert UNet3DConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match=r"unknown config fields \['wings'\]"):
         UNet3DConfig.from_dict({**cfg.to_dict(), "wings": 2})
+
+
+def test_compiles_as_one_graph_with_the_frame_mask(random_unet):
+    """torch.compile (vdm train --compile) traces the network without graph breaks; the same outputs."""
+    torch._dynamo.reset()
+    model = random_unet()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: a graph break is an error
+    z, mask = clip(2, 4, 8, 8), torch.tensor([False, True])
+    with torch.no_grad():
+        assert torch.allclose(compiled(z, phis(2), mask), model(z, phis(2), mask), atol=1e-6)

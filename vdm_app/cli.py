@@ -222,25 +222,20 @@ def config_from_args(cls, args, dest_prefix: str = ""):
 def _train(args) -> None:
     from .lib import train as training
 
-    cfg = config_from_args(training.TrainConfig, args)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    training.train(cfg, resume=args.resume, device=args.device)
+    training.train(config_from_args(training.TrainConfig, args))
 
 
 def add_train(sub) -> None:
     from .lib import train as training
 
-    p = sub.add_parser("train", help="train a model on moving sprites or a folder of clips",
+    p = sub.add_parser("train", help="train a model on moving sprites or a folder of clips (one process, or many "
+                       "under torchrun)",
                        description="Train a VDM (v-loss) and write a safetensors checkpoint. Defaults fit a "
                                    "2-core CPU (16 frames of 16x16); raise --size/--base-width on a GPU. Every "
-                                   "setting of vdm_core.train.TrainConfig is a flag.")
-    add_dataclass_flags(p, training.TrainConfig, skip=("model.resolution", "model.frames"))
-    p.add_argument("--resume", help="checkpoint to resume from (written by an earlier `vdm train`)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+                                   "setting of vdm_core.train.TrainConfig is a flag. Under torchrun "
+                                   "(torchrun --nproc-per-node N -m vdm_app train ...) it trains one model "
+                                   "across N processes with the same global --batch.")
+    add_dataclass_flags(p, training.TrainConfig, skip=("model.resolution", "model.frames", "model.channels"))
     p.set_defaults(func=_train)
 
 

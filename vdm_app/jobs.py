@@ -212,10 +212,7 @@ def _source(node: str, frames, fps, audio, job) -> tuple[tasks.Job | None, Tenso
             raise ValueError(f"{node}: `job` must come from a VDM job node, got {type(job).__name__}")
         own_audio = _audio(audio)
         return job.job, None, job.fps, own_audio if own_audio is not None else job.audio
-    fps = float(fps)
-    if not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"{node}: fps must be a positive frame rate, got {fps}")
-    return None, image_to_clip(frames), fps, _audio(audio)
+    return None, image_to_clip(frames), float(fps), _audio(audio)  # fps: checked by the spec
 
 
 def _auto(value: int) -> int | None:

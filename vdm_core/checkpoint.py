@@ -61,13 +61,31 @@ def save(path, model: UNet3D, training: dict | None = None, *, ema: UNet3D | Non
 def read(path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Metadata and all tensors of a checkpoint, after checking it is one; raises CheckpointError."""
     path = Path(path)
+    meta = _metadata(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path.name} is not a readable safetensors file (corrupt?): {e}. Re-download or re-export it."
+        ) from None
+    return meta, tensors
+
+
+def network_config(path) -> UNet3DConfig:
+    """The network config a checkpoint holds, from its metadata alone (no tensor is read)."""
+    path = Path(path)
+    return _config(_metadata(path), path)
+
+
+def _metadata(path: Path) -> dict:
+    """The checked metadata of a vdm_core checkpoint; raises CheckpointError."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     _check_safetensors_layout(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
             f"{path.name} is not a readable safetensors file (corrupt?): {e}. Re-download or re-export it."
@@ -87,7 +105,14 @@ def read(path) -> tuple[dict, dict[str, torch.Tensor]]:
             f"{path.name} has checkpoint format {version}, newer than this vdm_core understands "
             f"({FORMAT_VERSION}); update comfyui-vdm."
         )
-    return meta, tensors
+    return meta
+
+
+def _config(meta: dict, path: Path) -> UNet3DConfig:
+    try:
+        return UNet3DConfig.from_dict(json.loads(meta["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path.name} has an unusable network config: {e}") from None
 
 
 def _check_safetensors_layout(path: Path) -> None:
@@ -139,10 +164,7 @@ def load(path=None, device=None, dtype=None) -> UNet3D:
     """
     path = BUNDLED if path is None else Path(path)
     meta, tensors = read(path)
-    try:
-        config = UNet3DConfig.from_dict(json.loads(meta["config"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path.name} has an unusable network config: {e}") from None
+    config = _config(meta, path)
     try:
         training_info = json.loads(meta.get("training", "{}"))
     except ValueError as e:
@@ -175,7 +197,9 @@ def _load_weights(model: UNet3D, weights: dict, name: str) -> None:
 
 def load_train_state(path, model: UNet3D, ema: UNet3D, optimizer: torch.optim.Optimizer) -> dict:
     """Restore raw weights, EMA weights and optimizer moments saved with ``optimizer``; returns the
-    ``train_state`` dict (step, rng, …). Raises CheckpointError if the file has no resume state."""
+    ``train_state`` dict (step, data position, …). Raises CheckpointError if the file has no resume state.
+    AdamW's step count is ``optimizer_step`` where saved (it lags ``step`` when fp16 loss scaling skipped
+    steps), else ``step``."""
     meta, tensors = read(path)
     if "train_state" not in meta:
         raise CheckpointError(f"{Path(path).name} holds inference weights only; it cannot be resumed")
@@ -189,5 +213,5 @@ def load_train_state(path, model: UNet3D, ema: UNet3D, optimizer: torch.optim.Op
             slot, name = k[len(TRAIN_PREFIX) + 6:].split(".", 1)
             p = params[name]
             optimizer.state[p][slot] = v.to(p.device)
-            optimizer.state[p]["step"] = torch.tensor(float(state.get("step", 0)))
+            optimizer.state[p]["step"] = torch.tensor(float(state.get("optimizer_step", state.get("step", 0))))
     return state

@@ -1,4 +1,4 @@
-"""Training and benchmark data: procedural moving sprites, and a folder of the user's clips.
+"""Training and benchmark data: procedural moving sprites (folders of the user's clips: ``vdm_core.footage``).
 
 Moving sprites (generator version ``SPRITES_VERSION``): each clip has 1–``max_sprites`` sprites
 (disc, square, triangle or a glyph drawn with Pillow's built-in font) in random colours over a
@@ -7,14 +7,16 @@ drawn in depth order. Geometry lives in continuous coordinates ``[0, 1]²``, so 
 the same clip at any resolution (area-averaged from 4× supersampling). Seeds of the splits are
 disjoint: ``train`` uses ``[0, 10⁷)``, ``val`` ``[10⁷, 2·10⁷)``, ``test`` ``[2·10⁷, 3·10⁷)``.
 Clips are ``[C, F, H, W]`` in ``[-1, 1]``. Changing what a seed draws requires a new version.
+Training datasets are endless and indexed by position: item ``n`` depends on ``(seed, n)`` only
+(``item_rng``), which is what lets processes and DataLoader workers share one item sequence.
 """
 from __future__ import annotations
 
 import colorsys
+import hashlib
 import random
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -132,72 +134,26 @@ def _glyph_bitmap(ch: str) -> Tensor:
     return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)
 
 
-class SpriteClips(torch.utils.data.IterableDataset):
-    """Endless random training clips ``[3, F, size, size]`` from the ``train`` split."""
-
-    def __init__(self, size: int, frames: int, seed: int = 0, max_sprites: int = 2):
-        self.size, self.frames, self.seed, self.max_sprites = size, frames, seed, max_sprites
-
-    def __iter__(self):
-        rng = random.Random(self.seed)
-        while True:
-            yield sprite_clip(split_seed("train", rng.randrange(SPLIT_SIZE)), self.size, self.frames, self.max_sprites)
+def item_rng(kind: str, seed: int, n: int) -> random.Random:
+    """The random draws of item ``n`` of an endless dataset: a function of ``(kind, seed, n)`` alone, so
+    any process or DataLoader worker that makes item ``n`` makes the same one."""
+    return random.Random(f"{kind}-{seed}-{n}")
 
 
-class ClipFolder(torch.utils.data.IterableDataset):
-    """Endless random windows ``[3, F, size, size]`` of the clips in a folder (mp4/webm/gif/mov/mkv).
+def item_seed(kind: str, seed: int, n: int) -> int:
+    """A 56-bit seed for a torch generator, a function of ``(kind, seed, n)`` alone (like ``item_rng``)."""
+    return int.from_bytes(hashlib.blake2b(f"{kind}-{seed}-{n}".encode(), digest_size=7).digest(), "little")
 
-    Each item: a random clip, a random window of ``frames`` frames taken every ``stride`` frames,
-    resized so the short side is ``size`` and randomly cropped to a square.
-    """
 
-    EXTENSIONS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
+class SpriteClips(torch.utils.data.Dataset):
+    """Endless random clips ``[3, F, size, size]`` of a split: item ``n`` (any ``n >= 0``) is the clip whose
+    index in ``split`` is drawn from ``(seed, n)`` (``item_rng``). Read it with a sampler of positions
+    (``vdm_core.distributed.BatchPositions``); it has no length."""
 
-    def __init__(self, folder: str | Path, size: int, frames: int, stride: int = 1, seed: int = 0):
-        from .video_io import probe
+    def __init__(self, size: int, frames: int, seed: int = 0, max_sprites: int = 2, split: str = "train"):
+        split_seed(split, 0)  # a clear error for an unknown split
+        self.size, self.frames, self.seed, self.max_sprites, self.split = size, frames, seed, max_sprites, split
 
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise FileNotFoundError(f"training data folder {self.folder} does not exist")
-        self.size, self.frames, self.stride, self.seed = size, frames, stride, seed
-        need = (frames - 1) * stride + 1
-        self.clips = []
-        for p in sorted(self.folder.iterdir()):
-            if p.suffix.lower() in self.EXTENSIONS:
-                n = probe(p).frames
-                if n >= need:
-                    self.clips.append((p, n))
-        if not self.clips:
-            raise ValueError(
-                f"no clip in {self.folder} has the {need} frames a training window needs "
-                f"(frames={frames}, stride={stride}); add longer clips ({', '.join(self.EXTENSIONS)})"
-            )
-
-    def __iter__(self):
-        from .video_io import VideoError, read_video
-
-        rng = random.Random(self.seed)
-        need = (self.frames - 1) * self.stride + 1
-        clips = list(self.clips)
-        while True:
-            i = rng.randrange(len(clips))
-            path, n = clips[i]
-            start = rng.randrange(n - need + 1)
-            try:
-                clip = read_video(path, start=start, max_frames=self.frames, stride=self.stride,
-                                  short_side=self.size).frames  # [3, F, H, W] in [-1, 1]
-            except VideoError:
-                raise
-            except ValueError:  # start is past the clip's real end
-                clip = None
-            got = 0 if clip is None else clip.shape[1]
-            if got < self.frames:  # the container claimed more frames than it decodes
-                clips[i] = (path, start + got * self.stride)  # it has at most this many (fewer than n)
-                clips = [c for c in clips if c[1] >= need]
-                if not clips:
-                    raise ValueError(f"no clip in {self.folder} decodes the {need} frames a training window "
-                                     f"needs (their headers claim more frames than they hold); add longer clips")
-                continue
-            h, w = clip.shape[-2:]
-            top, left = rng.randrange(h - self.size + 1), rng.randrange(w - self.size + 1)
-            yield clip[:, :, top:top + self.size, left:left + self.size]
+    def __getitem__(self, n: int) -> Tensor:
+        index = item_rng("sprites", self.seed, n).randrange(SPLIT_SIZE)
+        return sprite_clip(split_seed(self.split, index), self.size, self.frames, self.max_sprites)

@@ -1,60 +1,136 @@
 """v-loss training: ``L = E_{x, ε, t} ‖v̂_θ(z_φ(t), φ(t)) − v‖²`` with ``v = cos φ·ε − sin φ·x``.
 
 AdamW, linear warm-up then cosine decay to 10 % of the peak rate, gradient clipping, an EMA of the
-weights (the EMA is what inference uses), bf16 autocast on CUDA, periodic checkpoints that can be
-resumed, a progress line with loss and speed, and a sample clip written every ``sample_every`` steps.
+weights (the EMA is what inference uses), periodic atomic checkpoints that resume exactly, progress
+(``vdm_core.train_log``), a held-out v-loss and sample clips every so many steps.
+
+One process, or many under torchrun (``vdm_core.distributed``: DistributedDataParallel, NCCL or Gloo).
+Step ``s`` trains on the global batch of items at positions ``p … p + B − 1`` of the data (``p`` = items
+consumed so far); item ``n``'s clip, noise and (stratified) time depend on the seed, ``s`` and ``n`` only,
+each rank takes its contiguous share, and each rank's loss is scaled so that DDP's gradient average is the
+gradient of the global batch mean. So 1 or N processes, with or without accumulation, take the same steps
+up to float rounding, and a run resumed from a checkpoint (step, position, seed, weights, EMA, AdamW
+moments) continues as if it had not stopped, in any number of processes.
+
+Joint video–image training (VDM §3): with ``images``, a share of the items are stacks of independent
+stills (``vdm_core.footage``) and the U-Net gets ``independent_frames`` for them (temporal attention masked).
 """
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
+import dataclasses
 import math
-import sys
+import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint
-from .data import SPRITES_VERSION, ClipFolder, SpriteClips
+from . import checkpoint, distributed
+from .data import SPRITES_VERSION, SpriteClips, item_rng, item_seed
+from .footage import CROPS, ClipFolder, ImageFolder, WithImages
 from .schedule import phi_of_t, q_sample, v_target
+from .train_log import TrainLog
 from .unet3d import UNet3D, UNet3DConfig
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
-    """Training settings; ``data`` is ``"sprites"`` or a folder of clips."""
+    """Every training setting: one ``vdm train`` flag each (``--field-name``, help from the metadata)."""
 
-    out: str
-    data: str = "sprites"
-    size: int = 16
-    frames: int = 16
-    steps: int = 6000
-    batch: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup: int = 200
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    checkpoint_every: int = 500
-    sample_every: int = 0
-    sample_steps: int = 32
-    stride: int = 1
-    model: UNet3DConfig = field(default_factory=lambda: UNet3DConfig(width_mults=(1, 2, 2)))
+    out: str = field(metadata={"help": "checkpoint to write (.safetensors): EMA weights for inference plus "
+                                       "the state to resume; rewritten atomically every --checkpoint-every steps"})
+    data: str = _opt("sprites", "'sprites' (procedural moving sprites) or a folder of clips "
+                                "(.mp4 .webm .gif .mov .mkv .avi, sub-folders too)")
+    size: int = _opt(16, "training resolution in pixels (square): clips are resized so the short side is "
+                         "this, then cropped")
+    frames: int = _opt(16, "frames per training clip")
+    stride: int = _opt(1, "take every N-th frame of a folder's clips (2 halves their frame rate)")
+    crop: str = _opt("random", "square crop of a folder's clips and stills: 'random' or 'centre'")
+    images: str | None = _opt(None, "a folder of stills (.png .jpg .jpeg .webp .bmp) trained with the clips as "
+                                    "stacks of --frames independent images, temporal attention masked "
+                                    "(joint image-video training, VDM §3)")
+    image_ratio: float = _opt(0.25, "with --images: the share of training items that are stacks of stills")
+    steps: int = _opt(6000, "optimizer steps in total; a resumed run counts on to this number")
+    batch: int = _opt(8, "clips per optimizer step over all processes (the global batch; split evenly "
+                         "across processes and --accumulate micro-batches)")
+    accumulate: int = _opt(1, "micro-batches per step in each process (gradient accumulation: less memory, "
+                              "same steps)")
+    lr: float = _opt(1e-3, "peak learning rate (AdamW, betas 0.9 / 0.99)")
+    warmup: int = _opt(200, "steps of linear learning-rate warm-up, then cosine decay to lr/10 at --steps")
+    weight_decay: float = _opt(0.01, "AdamW weight decay")
+    grad_clip: float = _opt(1.0, "clip the gradient's global norm to this")
+    ema_decay: float = _opt(0.999, "decay of the exponential moving average of the weights (what inference "
+                                   "uses)")
+    seed: int = _opt(0, "seed of the initial weights, the data order and the noise (a resumed run keeps "
+                        "its checkpoint's)")
+    checkpoint_every: int = _opt(500, "write --out every N steps (0: at the end only); a stopped run resumed "
+                                      "with --resume loses at most N steps")
+    sample_every: int = _opt(0, "write a sample GIF of the EMA model beside --out every N steps (0: never)")
+    sample_steps: int = _opt(32, "DDIM steps of those samples")
+    val_every: int = _opt(0, "log the EMA model's v-loss on held-out clips every N steps (0: never)")
+    val_clips: int = _opt(64, "held-out clips of that loss: from the val split of procedural data, or windows "
+                              "of the held-out clips of a folder")
+    val_fraction: float = _opt(0.1, "with a folder and --val-every: the share of its clips held out from "
+                                    "training (chosen by file name; at least one)")
+    log_every: int = _opt(10, "report loss, learning rate, clips/s and time left every N steps")
+    tensorboard: str | None = _opt(None, "also write TensorBoard scalars to this folder (needs the "
+                                         "tensorboard package)")
+    resume: str | None = _opt(None, "continue the run saved in this checkpoint (weights, EMA, optimizer, data "
+                                    "position, seed; the network is the checkpoint's), in any number of "
+                                    "processes")
+    device: str | None = _opt(None, "cpu, cuda, cuda:1, ... (default: the GPU if there is one; under torchrun "
+                                    "'cuda' means each process's LOCAL_RANK GPU)")
+    precision: str = _opt("auto", "'auto' (bf16 autocast on a GPU, fp16 with loss scaling where bf16 is "
+                                  "missing, fp32 on CPU), 'fp32', 'bf16' or 'fp16'")
+    compile: bool = _opt(False, "torch.compile the network (minutes to start, faster steps on a GPU)")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass: much less "
+                                               "memory, about a third more compute")
+    workers: int | None = _opt(None, "DataLoader worker processes per training process that decode clips "
+                                     "(default: 0 on CPU, min(8, CPU cores per process) on a GPU)")
+    threads: int = _opt(0, "CPU threads of each process (0: torch's default)")
+    model: UNet3DConfig = field(default_factory=lambda: UNet3DConfig(width_mults=(1, 2, 2)), metadata={
+                                "help": "the network (ignored when "
+                                "resuming: the checkpoint's is used); resolution and frames follow --size "
+                                "and --frames"})
+
+
+def v_losses(model, x: Tensor, t: Tensor, noise: Tensor, independent: Tensor | None = None) -> Tensor:
+    """Per-clip mean squared error on v, ``[B]``, of clips ``x`` ``[B, C, F, H, W]`` at times ``t`` ``[B]``
+    with ``noise`` (``x``'s shape); ``independent`` ``[B]`` bool marks stacks of stills (VDM §3)."""
+    phi = phi_of_t(t)
+    kw = {} if independent is None else {"independent_frames": independent}
+    v_hat = model(q_sample(x, phi, noise), phi, **kw)
+    return (v_hat.float() - v_target(x, noise, phi)).pow(2).flatten(1).mean(1)
 
 
 def v_loss(model, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Mean squared error on v at stratified uniform times ``t`` (one per clip)."""
+    """Mean squared error on v at stratified uniform times ``t`` (one per clip) and fresh noise."""
     b = x.shape[0]
     u = torch.rand((), generator=generator)
     t = ((u + torch.arange(b)) / b).to(x.device)  # low-discrepancy t in [0, 1)
-    phi = phi_of_t(t)
     noise = torch.randn(x.shape, generator=generator).to(x.device)
-    z = q_sample(x, phi, noise)
-    return (model(z, phi).float() - v_target(x, noise, phi)).pow(2).mean()
+    return v_losses(model, x, t, noise).mean()
+
+
+def item_noise(positions, shape, seed: int, generator: torch.Generator, kind: str = "noise") -> Tensor:
+    """``[len(positions), *shape]`` standard normal noise on ``generator``'s device; item ``n``'s is drawn
+    from ``(kind, seed, n)`` alone, so it is the same whichever process draws it."""
+    out = []
+    for n in positions:
+        generator.manual_seed(item_seed(kind, seed, n))
+        out.append(torch.randn(shape, generator=generator, device=generator.device))
+    return torch.stack(out)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -71,71 +147,280 @@ def ema_update(ema: UNet3D, model: UNet3D, decay: float) -> None:
         e.lerp_(p.detach(), 1 - decay)
 
 
-def make_dataset(cfg: TrainConfig, seed: int):
+def make_dataset(cfg: TrainConfig, seed: int, split: str = "all"):
+    """The endless clips of ``cfg.data`` (item ``n`` depends on ``seed`` and ``n`` only): ``"sprites"``, or a
+    folder of clips. ``split``: ``"all"``, or ``"train"`` / ``"val"`` (a folder's held-out clips, the
+    sprites' val split)."""
     if cfg.data == "sprites":
-        return SpriteClips(cfg.size, cfg.frames, seed=seed)
-    return ClipFolder(cfg.data, cfg.size, cfg.frames, stride=cfg.stride, seed=seed)
+        return SpriteClips(cfg.size, cfg.frames, seed=seed, split="val" if split == "val" else "train")
+    if not Path(cfg.data).exists():
+        raise FileNotFoundError(f"--data {cfg.data!r} is neither 'sprites' nor an existing folder of clips")
+    return ClipFolder(cfg.data, cfg.size, cfg.frames, stride=cfg.stride, seed=seed, crop=cfg.crop, split=split,
+                      val_fraction=cfg.val_fraction)
 
 
-def train(cfg: TrainConfig, resume: str | None = None, device=None, log=None) -> Path:
-    """Train (or resume) and write ``cfg.out``; returns its path."""
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def _check(cfg: TrainConfig) -> None:
+    """One clear error per bad setting, named as its flag."""
+    at_least = {"size": 1, "frames": 1, "stride": 1, "steps": 1, "batch": 1, "accumulate": 1, "warmup": 0,
+                "checkpoint_every": 0, "sample_every": 0, "sample_steps": 1, "val_every": 0, "val_clips": 1,
+                "log_every": 1, "threads": 0}
+    for name, low in at_least.items():
+        if getattr(cfg, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(cfg, name)}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise ValueError(f"--workers must be at least 0, got {cfg.workers}")
+    if not (cfg.lr > 0 and cfg.grad_clip > 0 and cfg.weight_decay >= 0):
+        raise ValueError(f"need --lr > 0, --grad-clip > 0 and --weight-decay >= 0; got {cfg.lr}, {cfg.grad_clip}, "
+                         f"{cfg.weight_decay}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ValueError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay}")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.crop not in CROPS:
+        raise ValueError(f"--crop must be one of {', '.join(CROPS)}, got {cfg.crop!r}")
+    if cfg.images and not 0 < cfg.image_ratio < 1:
+        raise ValueError(f"--image-ratio must be between 0 and 1 (the share of stacks of stills), got "
+                         f"{cfg.image_ratio}")
+
+
+def _precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: fp32)."""
+    if name == "auto":
+        if device.type == "cpu":
+            return None
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def _workers(cfg: TrainConfig, group: distributed.Group) -> int:
+    if cfg.workers is not None:
+        return cfg.workers
+    if group.device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, max(1, cores // group.local_world))
+
+
+def train(cfg: TrainConfig, log=None) -> Path:
+    """Train (or, with ``cfg.resume``, continue) a VDM and write ``cfg.out``; returns its path.
+
+    Runs alone or as one process of a torchrun job; the main process (rank 0) writes checkpoints and
+    samples and reports progress, to ``log`` (a callable taking one line) where given, else to stderr.
+    A NaN or infinite loss or gradient stops the run with FloatingPointError naming the step and the
+    last good checkpoint.
+    """
+    _check(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    group = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, group, log)
+    finally:
+        group.close()
+
+
+def _train(cfg: TrainConfig, group: distributed.Group, log) -> Path:
+    device, world = group.device, group.world
+    distributed.check_split(cfg.batch, world, cfg.accumulate)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolutions
+    net = checkpoint.network_config(cfg.resume) if cfg.resume else cfg.model
+    net = dataclasses.replace(net, resolution=cfg.size, frames=cfg.frames)
     torch.manual_seed(cfg.seed)
-    cfg.model.resolution, cfg.model.frames = cfg.size, cfg.frames
-    model = UNet3D(cfg.model).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
+    model = UNet3D(net).to(device)
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    start, elapsed = 0, 0.0
-    if resume:
-        state = checkpoint.load_train_state(resume, model, ema, opt)
-        start, elapsed = int(state.get("step", 0)), float(state.get("elapsed_s", 0.0))
-        log(f"resumed {resume} at step {start}")
-    gen = torch.Generator().manual_seed(cfg.seed + start)
-    # a resumed run draws fresh clips rather than replaying the ones already seen
-    data = iter(torch.utils.data.DataLoader(make_dataset(cfg, cfg.seed + start), batch_size=cfg.batch))
+    amp_dtype = _precision(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+
+    run = _Resumed(seed=cfg.seed) if not cfg.resume else _resume(cfg, net, model, ema, opt, scaler)
+    start, elapsed, seed, position, opt_steps = run.step, run.elapsed, run.seed, run.position, run.optimizer_step
+    report = TrainLog(cfg.steps, start, cfg.batch, cfg.log_every, group.main, log, cfg.tensorboard)
+    for note in run.notes:
+        report.info(note)
+    data = _training_data(cfg, seed, report)
+    workers = _workers(cfg, group)
+    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast, loss scaling"}
+    report.info(f"training on {world} process(es) ({device} each): global batch {cfg.batch} = {world} × "
+                f"{cfg.accumulate} micro-batch(es) × {cfg.batch // (world * cfg.accumulate)} clips, "
+                f"{precision[amp_dtype]}, {workers} data worker(s) per process")
+
+    ddp = DistributedDataParallel(model, device_ids=None if device.type == "cpu" else [device.index]) \
+        if world > 1 else model
+    forward = torch.compile(ddp) if cfg.compile else ddp
     facts = {
-        "data": cfg.data if cfg.data != "sprites" else f"moving sprites v{SPRITES_VERSION}",
-        "resolution": cfg.size, "frames": cfg.frames, "seed": cfg.seed, "batch": cfg.batch,
+        "data": {"sprites": f"moving sprites v{SPRITES_VERSION}"}.get(cfg.data, cfg.data),
+        "resolution": cfg.size, "frames": cfg.frames, "seed": seed, "batch": cfg.batch,
         "lr": cfg.lr, "target": "v", "schedule": "cosine, log-SNR [-20, 20]",
     }
-    smooth, t0, step = None, time.time(), start
+    if cfg.images:
+        facts["images"] = f"{cfg.images} ({cfg.image_ratio:.0%} of the items)"
+    last_good = (cfg.resume, start) if cfg.resume else None
+    t0, step = time.time(), start
 
-    def save(path):
-        facts.update(steps=step, elapsed_s=round(elapsed + time.time() - t0, 1), final_loss=smooth,
-                     device=str(device))
-        checkpoint.save(path, model, facts, ema=ema, optimizer=opt,
-                        train_state={"step": step, "elapsed_s": elapsed + time.time() - t0,
-                                     "config": {k: v for k, v in asdict(cfg).items() if k != "model"}})
+    def save() -> None:
+        nonlocal last_good
+        if not group.main:
+            return
+        facts.update(steps=step, elapsed_s=round(elapsed + time.time() - t0, 1), final_loss=report.last,
+                     device=str(device), processes=world)
+        state = {"step": step, "elapsed_s": elapsed + time.time() - t0, "seed": seed, "position": position,
+                 "optimizer_step": opt_steps, "processes": world,
+                 "config": {k: v for k, v in asdict(cfg).items() if k != "model"}}
+        if scaler is not None:
+            state["grad_scaler"] = scaler.state_dict()
+        checkpoint.save(cfg.out, model, facts, ema=ema, optimizer=opt, train_state=state)
+        last_good = (cfg.out, step)
 
+    loader = None
+    if step < cfg.steps:
+        sampler = distributed.BatchPositions(position, cfg.batch, group.rank, world, cfg.accumulate)
+        loader = iter(torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=workers,
+                                                  pin_memory=device.type == "cuda"))
+    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    noise_gen = torch.Generator(device=device)
+    val = None
     model.train()
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     while step < cfg.steps:
-        x = next(data).to(device)
+        lr = lr_at(step, cfg)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        with amp:
-            loss = v_loss(model, x, gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
+            g["lr"] = lr
+        torch.manual_seed(item_seed("dropout", seed, step * world + group.rank))
+        u = item_rng("t", seed, step).random()  # stratified times over the global batch
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        total = torch.zeros((), device=device)
+        parts = distributed.micro_batches(position, cfg.batch, group.rank, world, cfg.accumulate)
+        for m, positions in enumerate(parts):
+            x, independent = _to_device(next(loader), device)
+            noise = item_noise(positions, x.shape[1:], seed, noise_gen)
+            t = torch.tensor([(u + n - position) / cfg.batch for n in positions], device=device)
+            sync = world == 1 or m == len(parts) - 1
+            with nullcontext() if sync else ddp.no_sync():
+                with amp:
+                    losses = v_losses(forward, x, t, noise, independent)
+                part = losses.sum() * (world / cfg.batch)  # DDP averages over ranks: the global batch mean
+                (part if scaler is None else scaler.scale(part)).backward()
+            total += losses.detach().sum()
+        if scaler is not None:
+            scaler.unscale_(opt)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        loss_sum, norm_sum = group.sum(torch.stack([total.float(), norm.float()])).tolist()
+        loss = loss_sum / cfg.batch
+        if not math.isfinite(loss) or (scaler is None and not math.isfinite(norm_sum)):
+            what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", norm_sum / world)
+            where = (f"the last good checkpoint is {last_good[0]} (step {last_good[1]}): resume from it with a "
+                     f"lower --lr" if last_good else "no checkpoint was written yet: start again with a lower --lr")
+            raise FloatingPointError(f"{what} became {value} at step {step + 1}; training stopped without "
+                                     f"writing. {where}")
+        if scaler is None:
+            opt.step()
+            opt_steps += 1
+        else:
+            scale = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            opt_steps += scaler.get_scale() >= scale  # a step skipped for inf/NaN gradients lowers the scale
         step += 1
+        position += cfg.batch
         ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
-        if step % 10 == 0 or step == cfg.steps:
-            rate = (step - start) / (time.time() - t0)
-            log(f"step {step}/{cfg.steps} loss {smooth:.4f} lr {lr_at(step, cfg):.2e} "
-                f"{rate:.2f} it/s eta {(cfg.steps - step) / max(rate, 1e-9) / 60:.1f} min")
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            save(cfg.out)
-        if cfg.sample_every and step % cfg.sample_every == 0:
+        report.step(step, loss, lr)
+        if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
+            if val is None:
+                val = _val_set(cfg, group)
+            report.val(step, _val_loss(ema, val, group, amp, noise_gen, cfg), cfg.val_clips)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            save()
+        if cfg.sample_every and step % cfg.sample_every == 0 and group.main:
             write_sample(ema, Path(cfg.out).with_suffix(f".step{step}.gif"), cfg)
-    save(cfg.out)
-    log(f"wrote {cfg.out} after {step} steps")
+    del loader  # stops the DataLoader's workers
+    save()
+    report.info(f"wrote {cfg.out} after {step} steps")
+    report.close()
     return Path(cfg.out)
+
+
+@dataclass
+class _Resumed:
+    """Where a run starts: step, seconds trained, data seed and position, AdamW steps, what to tell."""
+
+    seed: int
+    step: int = 0
+    elapsed: float = 0.0
+    position: int = 0
+    optimizer_step: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _resume(cfg: TrainConfig, net: UNet3DConfig, model, ema, opt, scaler) -> _Resumed:
+    """Load ``cfg.resume``'s weights, EMA, moments (and loss scale) into place; where its run stood."""
+    state = checkpoint.load_train_state(cfg.resume, model, ema, opt)
+    step = int(state.get("step", 0))
+    run = _Resumed(seed=cfg.seed + step, step=step, elapsed=float(state.get("elapsed_s", 0.0)),
+                   optimizer_step=int(state.get("optimizer_step", step)),
+                   notes=[f"resumed {cfg.resume} at step {step}"])
+    if "position" in state:
+        run.seed, run.position = int(state["seed"]), int(state["position"])
+    else:  # written before data positions were saved: a stream of clips and noise never seen
+        run.notes.append(f"{cfg.resume} holds no data position (an older checkpoint): clips and noise are drawn "
+                         f"fresh, from seed {run.seed}")
+    if scaler is not None and "grad_scaler" in state:
+        scaler.load_state_dict(state["grad_scaler"])
+    given = dataclasses.replace(cfg.model, resolution=cfg.size, frames=cfg.frames)
+    differ = [f"{f.name} {getattr(net, f.name)}" for f in dataclasses.fields(net)
+              if getattr(net, f.name) != getattr(given, f.name)]
+    if differ:
+        run.notes.append(f"the network is the checkpoint's ({', '.join(differ)}); the network settings given "
+                         f"are not used")
+    if step >= cfg.steps:
+        run.notes.append(f"{cfg.resume} is at step {step} already, --steps is {cfg.steps}: nothing to train "
+                         f"(raise --steps to train on)")
+    return run
+
+
+def _training_data(cfg: TrainConfig, seed: int, report: TrainLog):
+    """The training items: ``cfg.data`` (less its held-out clips when validating), mixed with stills."""
+    data = make_dataset(cfg, seed, "train" if cfg.val_every else "all")
+    if hasattr(data, "summary"):
+        report.info(f"data: {data.summary()}")
+    if cfg.images:
+        images = ImageFolder(cfg.images, cfg.size, cfg.frames, seed=seed, crop=cfg.crop)
+        report.info(f"stills: {images.summary()}, {cfg.image_ratio:.0%} of the items")
+        data = WithImages(data, images, cfg.image_ratio, seed)
+    return data
+
+
+def _to_device(batch, device) -> tuple[Tensor, Tensor | None]:
+    """A DataLoader batch (clips, or clips and their is-a-stack-of-stills flags) on ``device``."""
+    x, independent = batch if isinstance(batch, (list, tuple)) else (batch, None)
+    x = x.to(device, non_blocking=True)
+    return x, None if independent is None else independent.to(device, non_blocking=True)
+
+
+def _val_set(cfg: TrainConfig, group: distributed.Group) -> tuple[range, Tensor]:
+    """This rank's share of the held-out items (positions, clips ``[k, 3, F, H, W]``), read once and kept."""
+    data = make_dataset(cfg, 0, "val")  # seed 0: the same held-out windows in every run on these data
+    share = -(-cfg.val_clips // group.world)
+    positions = range(group.rank * share, min(cfg.val_clips, (group.rank + 1) * share))
+    return positions, torch.stack([data[n] for n in positions]) if len(positions) else None
+
+
+@torch.no_grad()
+def _val_loss(ema: UNet3D, val, group, amp, generator, cfg: TrainConfig) -> float:
+    """The EMA model's mean v-loss over all held-out clips, at fixed times ``(n + ½) / N`` and fixed noise."""
+    positions, clips = val
+    total = torch.zeros((), device=group.device)
+    chunk = max(1, cfg.batch // (group.world * cfg.accumulate))
+    for i in range(0, len(positions), chunk):
+        ps = positions[i:i + chunk]
+        x = clips[i:i + chunk].to(group.device)
+        t = torch.tensor([(n + 0.5) / cfg.val_clips for n in ps], device=group.device)
+        noise = item_noise(ps, x.shape[1:], 0, generator, kind="val-noise")
+        with amp:
+            total += v_losses(ema, x, t, noise).sum()
+    return group.sum(total).item() / cfg.val_clips
 
 
 def write_sample(model: UNet3D, path: Path, cfg: TrainConfig) -> None:
@@ -145,7 +430,7 @@ def write_sample(model: UNet3D, path: Path, cfg: TrainConfig) -> None:
     from .video_io import write_video
 
     model.eval()
-    noise = torch.randn((1, cfg.model.channels, cfg.frames, cfg.size, cfg.size),
+    noise = torch.randn((1, model.config.channels, cfg.frames, cfg.size, cfg.size),
                         generator=torch.Generator().manual_seed(0))
     clip = sample(model, noise.to(model.device), sampling_angles(cfg.sample_steps))
     write_video(path, clip[0].cpu(), fps=10)  # GIF delays are whole 1/100 s: 10 fps is exact

@@ -14,7 +14,7 @@ The network computes in its own parameter dtype and returns ``v̂`` in ``z``'s d
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .schedule import t_of_phi
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -33,23 +37,24 @@ class UNet3DConfig:
     ``resolution`` and ``frames`` record the clip size the network was trained on.
     """
 
-    channels: int = 3
-    base_width: int = 32
-    width_mults: tuple[int, ...] = (1, 2, 4)
-    blocks_per_level: int = 1
-    spatial_attn_levels: tuple[int, ...] | None = None
-    heads: int = 4
-    dropout: float = 0.0
-    rel_pos_buckets: int = 32
-    rel_pos_max_distance: int = 32
-    resolution: int = 32
-    frames: int = 16
+    channels: int = _opt(3, "colour channels of the clips (3: RGB)")
+    base_width: int = _opt(32, "channels of the full-resolution level (even)")
+    width_mults: tuple[int, ...] = _opt((1, 2, 4), "channel multiplier of each level; one level per entry, "
+                                                   "each halving the resolution")
+    blocks_per_level: int = _opt(1, "res-blocks per level")
+    spatial_attn_levels: tuple[int, ...] | None = _opt(None, "levels (0 = full resolution) with spatial "
+                                                             "attention (default: all but level 0)")
+    heads: int = _opt(4, "attention heads (every level's width must be divisible by it)")
+    dropout: float = _opt(0.0, "dropout in the res-blocks")
+    rel_pos_buckets: int = _opt(32, "buckets of the temporal attention's relative position bias (T5)")
+    rel_pos_max_distance: int = _opt(32, "frame distance beyond which relative positions share a bucket")
+    resolution: int = _opt(32, "frame size the network was trained on (set by training)")
+    frames: int = _opt(16, "frames the network was trained on (set by training)")
 
     def __post_init__(self):
         self.width_mults = tuple(int(m) for m in self.width_mults)
-        if self.spatial_attn_levels is None:
-            self.spatial_attn_levels = tuple(range(1, len(self.width_mults)))
-        self.spatial_attn_levels = tuple(int(i) for i in self.spatial_attn_levels)
+        if self.spatial_attn_levels is not None:
+            self.spatial_attn_levels = tuple(int(i) for i in self.spatial_attn_levels)
         if not self.width_mults or min(self.width_mults) < 1:
             raise ValueError(f"width_mults must list at least one level, each >= 1; got {self.width_mults}")
         for name in ("channels", "blocks_per_level", "heads"):
@@ -57,7 +62,7 @@ class UNet3DConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.base_width < 2 or self.base_width % 2:
             raise ValueError(f"base_width must be even and positive (noise embedding), got {self.base_width}")
-        bad = [i for i in self.spatial_attn_levels if not 0 <= i < len(self.width_mults)]
+        bad = [i for i in self.attention_levels if not 0 <= i < len(self.width_mults)]
         if bad:
             raise ValueError(f"spatial_attn_levels {bad} are not levels 0..{len(self.width_mults) - 1}")
         if not 0.0 <= self.dropout < 1.0:
@@ -68,6 +73,13 @@ class UNet3DConfig:
         for w in self.widths:
             if w % self.heads:
                 raise ValueError(f"width {w} must be divisible by heads={self.heads}")
+
+    @property
+    def attention_levels(self) -> tuple[int, ...]:
+        """The levels with spatial attention: ``spatial_attn_levels``, or all but level 0 when it is None."""
+        if self.spatial_attn_levels is None:
+            return tuple(range(1, len(self.width_mults)))
+        return self.spatial_attn_levels
 
     @property
     def widths(self) -> list[int]:
@@ -189,7 +201,8 @@ class TemporalAttention(nn.Module):
         seq = self.norm(x).reshape(b, frames, c, h * w).permute(0, 3, 1, 2).reshape(b * h * w, frames, c)
         q, k, v = self.qkv(seq).reshape(b * h * w, frames, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias(frames, x.device).to(q.dtype))
-        if independent is not None and bool(independent.any()):
+        # compiled graphs take the torch.where always: branching on a tensor's value breaks the graph
+        if independent is not None and (torch.compiler.is_compiling() or bool(independent.any())):
             keep_self = independent.repeat_interleave(h * w)[:, None, None, None]
             out = torch.where(keep_self, v, out)
         out = out.transpose(1, 2).reshape(b, h * w, frames, c)
@@ -228,7 +241,7 @@ class UNet3D(nn.Module):
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         skips, c = [widths[0]], widths[0]
         for i, w in enumerate(widths):
-            self.down.append(Level([c] + [w] * (n - 1), w, emb_dim, cfg, i in cfg.spatial_attn_levels))
+            self.down.append(Level([c] + [w] * (n - 1), w, emb_dim, cfg, i in cfg.attention_levels))
             c = w
             skips += [w] * n
             if i < len(widths) - 1:
@@ -241,7 +254,7 @@ class UNet3D(nn.Module):
             for _ in range(n + 1):
                 c_ins.append(c + skips.pop())
                 c = w
-            self.up.append(Level(c_ins, w, emb_dim, cfg, i in cfg.spatial_attn_levels))
+            self.up.append(Level(c_ins, w, emb_dim, cfg, i in cfg.attention_levels))
             if i > 0:
                 self.upsample.append(nn.Conv2d(w, w, 3, padding=1))
         self.norm_out = nn.GroupNorm(_groups(c), c)
