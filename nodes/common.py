@@ -10,7 +10,8 @@ from comfy_api.latest import io
 from ..vdm_app import jobs, spec
 
 CUSTOM = {"VDM_MODEL": io.Custom("VDM_MODEL"), "VDM_JOB": io.Custom("VDM_JOB")}
-SOCKETS = {"IMAGE": io.Image, "AUDIO": io.Audio, **CUSTOM}
+SOCKETS = {"IMAGE": io.Image, "AUDIO": io.Audio, "MODEL": io.Model, "VAE": io.Vae, "CONDITIONING": io.Conditioning,
+           **CUSTOM}
 
 
 def _input(inp: spec.Input, options=None):
@@ -23,6 +24,8 @@ def _input(inp: spec.Input, options=None):
                               **common)
     if inp.type == "COMBO":
         return io.Combo.Input(inp.name, options=list(options or inp.options), default=inp.default, **common)
+    if inp.type == "BOOLEAN":
+        return io.Boolean.Input(inp.name, default=inp.default, **common)
     return SOCKETS[inp.type].Input(inp.name, **common)
 
 

@@ -97,7 +97,7 @@ def _io_module():
     io.Boolean = _comfytype("BOOLEAN", WidgetInput)
     io.String = _comfytype("STRING", WidgetInput)
     for name, io_type in (("Image", "IMAGE"), ("Audio", "AUDIO"), ("Video", "VIDEO"), ("Mask", "MASK"),
-                          ("Model", "MODEL"), ("Latent", "LATENT")):
+                          ("Model", "MODEL"), ("Latent", "LATENT"), ("Vae", "VAE"), ("Conditioning", "CONDITIONING")):
         setattr(io, name, _comfytype(io_type))
     io.Custom = lambda io_type: _comfytype(io_type)
 

@@ -24,15 +24,15 @@ BUNDLED_NAME = "vdm-sprites-16 (bundled)"
 """The ``model_name`` of the model shipped inside the package (``vdm_core.checkpoint.BUNDLED``)."""
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
-WIDGETS = ("INT", "FLOAT", "COMBO")
+WIDGETS = ("INT", "FLOAT", "COMBO", "BOOLEAN")
 """Input types that are values (widgets in ComfyUI); the others are connections of the named type."""
 
 
 @dataclass(frozen=True)
 class Input:
-    """One node input. ``type``: INT, FLOAT, COMBO (``options``; dynamic ones are filled in by the host),
-    or a connection type (IMAGE, AUDIO, VDM_MODEL, VDM_JOB, MODEL, VAE, CONDITIONING). ``flag`` is its
-    ``vdm`` command-line option (None: not a flag)."""
+    """One node input. ``type``: INT, FLOAT, BOOLEAN, COMBO (``options``; dynamic ones are filled in by the
+    host), or a connection type (IMAGE, AUDIO, VDM_MODEL, VDM_JOB, MODEL, VAE, CONDITIONING). ``flag`` is
+    its ``vdm`` command-line option (None: not a flag)."""
 
     name: str
     type: str
@@ -208,6 +208,34 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
         JOB_OUTPUT, "upscale_video",
     ),
     Node(
+        "VDM_FromComfyModel", "Use ComfyUI Model (VDM)", "VDM/loaders",
+        "Turns a video model loaded by ComfyUI (Wan 2.1/2.2, HunyuanVideo, LTX-Video, …: its MODEL, with LoRAs and "
+        "other patches, and its VAE) into a VDM model, so Extend Clip, Interpolate Frames, Upscale Video and Sample "
+        "DDIM-v guide it, training-free. Sampling runs in the model's latent space with its own noise schedule; "
+        "the job's known frames stay in pixels and are observed through the VAE decoder (interpolation, upscaling, "
+        "and extension of a clip whose length is not 1 + 4·k frames), or, for frames known at the start of a clip "
+        "and a causal video VAE (Wan, Hunyuan, LTX-Video), as latent frames encoded once (extension of 1 + 4·k "
+        "frames: much cheaper). A guided step is one forward and one backward pass through the model (and the "
+        "decoder in pixel mode).",
+        (
+            Input("model", "MODEL", "The video diffusion model (e.g. from Load Diffusion Model); its patches (LoRAs, "
+                  "shift from ModelSampling nodes) apply."),
+            Input("vae", "VAE", "Its VAE (e.g. wan_2.1_vae). Unconnected: the model's space is the image space "
+                  "(pixel-space models).", optional=True),
+            Input("positive", "CONDITIONING", "Text conditioning (e.g. CLIP Text Encode). Unconnected: an empty "
+                  "(zero) conditioning.", optional=True),
+            Input("negative", "CONDITIONING", "Negative conditioning for classifier-free guidance (used when cfg > 1).",
+                  optional=True),
+            Input("cfg", "FLOAT", "Classifier-free guidance scale of the text conditioning (1 = off: one model call "
+                  "per step, the fastest; Wan likes about 5 with a prompt).", default=1.0, min=1.0, max=30.0,
+                  step=0.1),
+            Input("checkpointing", "BOOLEAN", "Recompute the model's blocks in the backward pass of a guided step "
+                  "(activation checkpointing): much less memory, about a third more compute.", default=False),
+        ),
+        (Output("model", "VDM_MODEL", "The model for Sample DDIM-v and the job nodes."),),
+        "from_comfy_model", host_only=True,
+    ),
+    Node(
         "VDM_SpriteClip", "Sprite Clip (VDM)", "VDM/utils",
         "Draws a clip of moving sprites (discs, squares, triangles, letters bouncing off the walls) — the kind of "
         "clip the bundled model was trained on. The same seed always gives the same clip, at any size.",
@@ -257,6 +285,10 @@ def check_value(node: Node, inp: Input, value, options: tuple[str, ...] | None =
         value = float(value)
         if not math.isfinite(value):
             raise bad(f"must be a finite number, got {value}; give a value from {inp.min:g} to {inp.max:g}")
+    elif inp.type == "BOOLEAN":
+        if not isinstance(value, bool):
+            raise bad(f"must be true or false, got {value!r}")
+        return value
     elif inp.type == "COMBO":
         if inp.dynamic and options is None:
             if not isinstance(value, str) or not value:
