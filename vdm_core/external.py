@@ -24,6 +24,8 @@ from torch import Tensor
 Denoise = Callable[[Tensor, Tensor], Tensor]
 """``D(x, sigma) → x̂0``: the model's clean prediction from its sampler state ``x`` (``[B, C, F, H, W]``) at
 noise levels ``sigma`` (``[B]``), conditioning and guidance scale applied by the host."""
+Session = Callable[[Callable[[], Tensor], tuple, list], Tensor]
+"""``session(fn, shape, sigmas) → fn()``: the host's context for one window's sampling (:meth:`SigmaModel.run`)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class LatentSpace:
     no gradient (the host may tile it to fit memory). ``encode``: pixels of ``1 + time·k`` frames → their
     ``k + 1`` latents, or None. ``causal``: the latents of the first ``1 + time·k`` frames do not depend on
     later frames, so frames known at the start of a clip are known exactly as latents.
+
+    Where they run: ``decode`` inside :meth:`SigmaModel.run` (the host readies the decoder for gradients
+    and memory there, with the model); ``decode_final`` and ``encode`` outside it (a host may load the VAE
+    on its own for them, which must not happen between the model's calls).
     """
 
     decode: Callable[[Tensor], Tensor]
@@ -64,8 +70,10 @@ class SigmaModel:
 
     ``scaling(σ) → (a, b)``: the x0 and ε coefficients of the model's sampler state; ``sigma_min/max``: its
     range (σ is kept inside it); ``sigmas(steps)``: its own grid, descending, ending in 0 or not.
-    ``session(fn)``: runs ``fn()`` — one window's sampling — inside the host's sampling context and returns
-    its result; the host sets :attr:`denoise` for the duration (default: ``fn()``, with ``denoise`` given).
+    ``session(fn, shape, sigmas)``: runs ``fn()`` — one window's sampling of latents ``shape``
+    (``[B, C, F, h, w]``) visiting the noise levels ``sigmas`` (descending, then 0) — inside the host's
+    sampling context and returns its result; the host sets :attr:`denoise` for the duration (default, no
+    session: ``fn()``, with ``denoise`` given). Callers go through :meth:`run`.
     ``space``: the model's :class:`LatentSpace` (None: it samples pixels). ``frames``/``resolution``: its
     native window (latent frames) and tile (latent pixels), None for "the whole clip"; ``channels``: of
     its samples. Sampling never clips x̂ to [-1, 1] (``clip_x``): latents are not images.
@@ -75,7 +83,7 @@ class SigmaModel:
 
     def __init__(self, scaling: Callable[[float], tuple[float, float]], sigma_min: float, sigma_max: float,
                  sigmas: Callable[[int], list[float]], *, channels: int, denoise: Denoise | None = None,
-                 session: Callable[[Callable[[], Tensor]], Tensor] | None = None, space: LatentSpace | None = None,
+                 session: Session | None = None, space: LatentSpace | None = None,
                  frames: int | None = None, resolution: int | None = None, device=None):
         self.scaling, self.sigmas, self.denoise, self.space = scaling, sigmas, denoise, space
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
@@ -145,6 +153,19 @@ class SigmaModel:
         p = min(max(p, self.phi_min), self.phi_max)
         return (math.cos(p) * z - self.x0(z, p)) / math.sin(p)
 
-    def run(self, fn: Callable[[], Tensor]) -> Tensor:
-        """``fn()`` — one window's sampling — inside the host's session."""
-        return fn() if self._session is None else self._session(fn)
+    def session_sigmas(self, angles=None) -> list[float]:
+        """The noise levels a loop down ``angles`` (from :meth:`angles`) evaluates the model at — every angle
+        but the last, which is never evaluated — then 0, as a host's own sampler would be given them; without
+        ``angles``: ``[sigma_max, 0]``."""
+        if angles is None:
+            return [self.sigma_max, 0.0]
+        phis = [float(p) for p in angles]
+        return [self.sigma_of(p) for p in phis[:-1]] + [0.0]
+
+    def run(self, fn: Callable[[], Tensor], shape, angles=None) -> Tensor:
+        """``fn()`` — one window's sampling of latents ``shape`` (``[B, C, F, h, w]``, the noise's shape) down
+        ``angles`` (the grid ``fn`` steps, from :meth:`angles`) — inside the host's session; returns ``fn()``'s
+        result."""
+        if self._session is None:
+            return fn()
+        return self._session(fn, tuple(int(n) for n in shape), self.session_sigmas(angles))
