@@ -232,7 +232,7 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
             Input("checkpointing", "BOOLEAN", "Recompute the model's blocks in the backward pass of a guided step "
                   "(activation checkpointing): much less memory, about a third more compute.", default=False),
         ),
-        (Output("model", "VDM_MODEL", "The model for Sample DDIM-v and the job nodes."),),
+        (Output("vdm_model", "VDM_MODEL", "The model for Sample DDIM-v and the job nodes.", display_name="model"),),
         "from_comfy_model", host_only=True,
     ),
     Node(
