@@ -2,6 +2,7 @@
 (no math here). ComfyUI imports the pack directory as a package and calls :func:`comfy_entrypoint`."""
 from comfy_api.latest import ComfyExtension, io
 
+from .comfy_model import VDMFromComfyModel
 from .jobs import VDMExtendClip, VDMInterpolateFrames, VDMSpriteClip, VDMUpscaleVideo
 from .load import VDMLoadModel
 from .sample import VDMSampleDDIMv
@@ -9,6 +10,7 @@ from .sample_clip import put_sample_clip
 
 NODES: list[type[io.ComfyNode]] = [
     VDMLoadModel, VDMSampleDDIMv, VDMExtendClip, VDMInterpolateFrames, VDMUpscaleVideo, VDMSpriteClip,
+    VDMFromComfyModel,
 ]
 
 

@@ -8,13 +8,19 @@ documented behaviour, including what has bitten packs before:
 * ``ComfyNode.GET_SCHEMA`` finalizes (default output ids) and validates;
 * input constructors take exactly 0.3.64's keyword arguments (a 0.33-only argument is a TypeError);
 * ``ModelPatcher`` sets ``model.device`` on construction (when missing) and on every load;
-* ``ProgressBar`` calls the global hook; interruption raises ``InterruptProcessingException`` once.
+* ``ProgressBar`` calls the global hook; interruption raises ``InterruptProcessingException`` once;
+* ``comfy.samplers.CFGGuider.sample`` loads the model, turns the conditionings into per-cond dicts (tensors
+  made inside inference mode when called there, like ComfyUI's), calls the Sampler's ``sample`` with itself as
+  ``model_wrap`` (``model_wrap(x, σ, model_options=…, seed=…)`` → CFG-combined x̂0 of the model's
+  ``apply_model``) and returns ``process_latent_out`` of the result; ``calculate_sigmas`` is the "simple"
+  scheduler of tests/comfy_model_sampling.py.
 
 ``modules(models_dir)`` returns ``{module name: module}`` for ``unittest.mock.patch.dict(sys.modules, ...)``.
 """
 from __future__ import annotations
 
 import enum
+import math
 import os
 import types
 from abc import ABC, abstractmethod
@@ -238,6 +244,9 @@ class ModelPatcher:
     def model_patches_models(self):
         return []
 
+    def get_model_object(self, name):
+        return getattr(self.model, name)
+
     def load(self, device_to):
         self.model.to(device_to)
         self.model.device = device_to
@@ -267,6 +276,53 @@ def _utils():
 
     utils.set_progress_bar_global_hook, utils.ProgressBar = set_progress_bar_global_hook, ProgressBar
     return utils
+
+
+def _samplers(mm):
+    import comfy_model_sampling
+
+    samplers = types.ModuleType("comfy.samplers")
+    samplers.state = {"samples": []}
+    samplers.calculate_sigmas = comfy_model_sampling.calculate_sigmas
+
+    class Sampler:
+        def sample(self):
+            pass
+
+    class CFGGuider:
+        def __init__(self, model_patcher):
+            self.model_patcher, self.cfg, self.original_conds = model_patcher, 1.0, {}
+
+        def set_conds(self, positive, negative):
+            self.original_conds = {"positive": positive, "negative": negative}
+
+        def set_cfg(self, cfg):
+            self.cfg = cfg
+
+        def __call__(self, x, timestep, model_options={}, seed=None):
+            cond = self.inner_model.apply_model(x, timestep, self.conds["positive"])
+            if math.isclose(self.cfg, 1.0):
+                return cond
+            uncond = self.inner_model.apply_model(x, timestep, self.conds["negative"])
+            return uncond + (cond - uncond) * self.cfg
+
+        def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
+                   seed=None):
+            mm.load_models_gpu([self.model_patcher])
+            self.inner_model = self.model_patcher.model
+            self.conds = {}
+            for key, conds in self.original_conds.items():
+                self.conds[key] = [{"cross_attn": c[0].clone(), "model_conds": {
+                    name: value.clone() if torch.is_tensor(value) else value for name, value in c[1].items()}}
+                    for c in conds]
+            samplers.state["samples"].append({"noise": noise.clone(), "latent": latent_image.clone(),
+                                              "sigmas": sigmas.clone(), "cfg": self.cfg, "seed": seed})
+            out = sampler.sample(self, sigmas, {"model_options": {"transformer_options": {"sample_sigmas": sigmas}},
+                                                "seed": seed}, callback, noise, latent_image, denoise_mask, disable_pbar)
+            return self.inner_model.process_latent_out(out.float())
+
+    samplers.Sampler, samplers.CFGGuider = Sampler, CFGGuider
+    return samplers
 
 
 def _folder_paths(models_dir: str):
@@ -338,9 +394,11 @@ def modules(models_dir: str) -> dict[str, Any]:
     patcher.ModelPatcher = ModelPatcher
     cli_args = types.ModuleType("comfy.cli_args")
     cli_args.args = types.SimpleNamespace(preview_size=512)
+    samplers = _samplers(mm)
     comfy.model_management, comfy.utils, comfy.model_patcher, comfy.cli_args = mm, utils, patcher, cli_args
+    comfy.samplers = samplers
     return {
         "comfy_api": comfy_api, "comfy_api.latest": latest, "comfy": comfy, "comfy.model_management": mm,
-        "comfy.utils": utils, "comfy.model_patcher": patcher, "comfy.cli_args": cli_args,
+        "comfy.utils": utils, "comfy.model_patcher": patcher, "comfy.cli_args": cli_args, "comfy.samplers": samplers,
         "folder_paths": _folder_paths(models_dir),
     }

@@ -16,7 +16,7 @@ from vdm_core.unet3d import UNet3D, UNet3DConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_IDS = {"VDM_LoadModel", "VDM_SampleDDIMv", "VDM_ExtendClip", "VDM_InterpolateFrames", "VDM_UpscaleVideo",
-            "VDM_SpriteClip"}
+            "VDM_SpriteClip", "VDM_FromComfyModel"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,115 @@
+"""A ComfyUI VAE as the ``external.LatentSpace`` of a MODEL: how its latents relate to pixel clips.
+
+``vdm_core`` samples the model's latents in the model's own normalisation (what ``process_latent_in``
+gives: Wan's per-channel ``(z − mean)/std``, LTX-Video's identity; ComfyUI: comfy/latent_formats.py) and
+observes pixels through the decoder. ComfyUI's VAE works on raw latents (``VAE.encode`` returns them,
+``VAE.decode`` takes them; comfy/sd.py), so:
+
+* ``decode`` (inside a session, differentiable): the latent un-normalised by the affine map probed from
+  ``process_latent_out`` (probing, not calling it under autograd: Wan's mean/std are inference tensors),
+  then ``vae.first_stage_model.decode`` directly — ``VAE.decode`` clamps (zero gradient outside [0, 1]),
+  loads the VAE on its own and has no gradient once it tiles. Output ``[B, 3, F, H, W]`` in [-1, 1]
+  unclamped. The session (nodes/comfy_session.py) has loaded the decoder with the model and made its
+  weights usable by autograd;
+* ``decode_final`` (after sampling, no gradient): ``VAE.decode``, or ``VAE.decode_tiled`` in temporal tiles
+  for long clips;
+* ``encode``: ``VAE.encode`` of the pixels, then ``process_latent_in``.
+
+Causality (``LatentSpace.causal``, latents of the first ``1 + time·k`` frames independent of later frames)
+by the VAE's class: Wan 2.1/2.2 (comfy/ldm/wan/vae.py, vae2_2.py: measured, encoder and decoder causal),
+LTX-Video (comfy/ldm/lightricks/vae/causal_video_autoencoder.py: encoder measured causal, decoder not),
+HunyuanVideo (an ``AutoencoderKL`` with 3-D convolutions padded on past frames only, comfy/ldm/modules/
+diffusionmodules/model.py ``VideoConv3d``: causal by construction, not measured here).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..vdm_core import external
+
+CAUSAL_VAES = {"WanVAE", "VideoVAE"}
+"""``first_stage_model`` classes with a causal encoder: Wan 2.1/2.2 (``WanVAE``) and LTX-Video (``VideoVAE``)."""
+LONG_CLIP_LATENTS = 32
+"""Latent frames above which ``decode_final`` decodes in temporal tiles (twice the native window when known)."""
+
+
+def is_causal(vae) -> bool:
+    """Whether the VAE's encoder is causal in time (see the module docstring)."""
+    fsm = vae.first_stage_model
+    name = type(fsm).__name__
+    if name in CAUSAL_VAES:
+        return True
+    # HunyuanVideo's VAE: AutoencoderKL with 3-D causal convolutions, 4× in time, 8× in space (comfy/sd.py)
+    return name == "AutoencoderKL" and getattr(vae, "latent_dim", 2) == 3 and vae.temporal_compression_decode() == 4
+
+
+@torch.inference_mode(False)
+def latent_out_affine(base_model, channels: int, ndim: int = 5, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, B)`` with ``base_model.process_latent_out(z) == A·z + B``, per channel (normal tensors, shaped
+    ``[1, C, 1, …]``): probed on 0 and 1 without gradient, checked on a random latent. Raises ValueError if
+    the model's latent format is not a per-channel affine map."""
+    shape = (1, channels) + (1,) * (ndim - 2)
+    with torch.no_grad():
+        b = base_model.process_latent_out(torch.zeros(shape, device=device)).clone().float()
+        a = base_model.process_latent_out(torch.ones(shape, device=device)).clone().float() - b
+        probe = torch.randn((1, channels) + (3,) * (ndim - 2), generator=torch.Generator().manual_seed(0)).to(device)
+        got = base_model.process_latent_out(probe.clone()).float()
+    if not torch.allclose(got, a * probe + b, rtol=1e-4, atol=1e-5):
+        raise ValueError(f"{type(base_model).__name__}'s latent format is not a per-channel affine map; it cannot "
+                         "be observed through its VAE here")
+    return a, b
+
+
+def vae_space(vae, base_model, session, *, native_latents: int | None = None) -> external.LatentSpace:
+    """The ``LatentSpace`` of ``vae`` for the MODEL whose ``comfy.model_base`` object is ``base_model``.
+    ``session`` is the ``ComfySession`` (``decode_final`` and ``encode`` refuse to run inside it: they load
+    the VAE on their own, which can move the diffusion model off the device between its calls)."""
+    channels = int(vae.latent_channels)
+    time = vae.temporal_compression_decode() or 1
+    scale = int(vae.spacial_compression_decode())
+    affine = {}
+
+    def un_normalise(x: torch.Tensor) -> torch.Tensor:
+        key = (x.device, x.ndim)
+        if key not in affine:
+            affine[key] = latent_out_affine(base_model, channels, x.ndim, x.device)
+        a, b = affine[key]
+        return a * x.float() + b
+
+    def outside(name: str) -> None:
+        if session.active:
+            raise RuntimeError(f"LatentSpace.{name} runs outside SigmaModel.run (it loads the VAE on its own); "
+                               "inside use decode")
+
+    def decode(x: torch.Tensor) -> torch.Tensor:
+        raw = un_normalise(x).to(device=vae.device, dtype=vae.vae_dtype)
+        return vae.first_stage_model.decode(raw).to(device=x.device, dtype=torch.float32)
+
+    def decode_final(x: torch.Tensor) -> torch.Tensor:
+        outside("decode_final")
+        with torch.no_grad():
+            raw = un_normalise(x)
+            long = 2 * native_latents if native_latents else LONG_CLIP_LATENTS
+            if raw.ndim == 5 and raw.shape[2] > long:
+                tile = native_latents or LONG_CLIP_LATENTS // 2
+                images = vae.decode_tiled(raw, tile_x=raw.shape[-1], tile_y=raw.shape[-2], overlap=0,
+                                          tile_t=tile, overlap_t=max(1, tile // 8))
+            else:
+                images = vae.decode(raw)  # [B, F, H, W, 3] in [0, 1] (ComfyUI falls back to tiles itself on OOM)
+            if images.ndim == 4:  # an image VAE: one frame
+                images = images.unsqueeze(1)
+        return (images.movedim(-1, 1).float() * 2 - 1).to(x.device)
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        outside("encode")
+        out = []
+        with torch.no_grad():
+            for clip in pixels:  # [3, F, H, W] in [-1, 1] → IMAGE [F, H, W, 3] in [0, 1]
+                image = ((clip.float() + 1) / 2).clamp(0, 1).permute(1, 2, 3, 0).cpu()
+                raw = vae.encode(image)
+                out.append(base_model.process_latent_in(raw.to(pixels.device).float()))
+        with torch.inference_mode(False):
+            return torch.cat(out).clone()
+
+    return external.LatentSpace(decode=decode, decode_final=decode_final, channels=channels, time=time, scale=scale,
+                                encode=encode, causal=is_causal(vae))

@@ -1,0 +1,456 @@
+"""Use ComfyUI Model (nodes/comfy_model.py, comfy_session.py, comfy_space.py) without ComfyUI: the glue on
+stand-ins of ComfyUI's modules (tests/comfy_stubs.py) and of its model_sampling formulas
+(tests/comfy_model_sampling.py).
+
+* SigmaModel built the way the node builds it gives, for an exact Gaussian clip prior wrapped as every
+  prediction type (EPS, V, V on the EDM schedule, V_DDPM, X0, flow with and without shift, LTX-Video's
+  Flux shift), x̂ equal to the exact posterior mean on its own grid and between grid points; its angle
+  grid starts at σ_max's angle and follows the shift.
+* The session runs our loop inside the (stand-in) CFGGuider.sample: real sigma grid, zero noise of the
+  window's shape, zero text conditioning, weights made in inference mode usable by the guidance, in-place
+  models functionalized, cancel passed through, everything restored afterwards.
+* The latent space of a stand-in VAE: differentiable decode through the probed affine un-normalisation,
+  final decode and encode outside the session only.
+
+The real ComfyUI runs of the same code are tests/harness/ (not CI).
+"""
+import asyncio
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+import torch
+
+import comfy_model_sampling as cms
+import comfy_stubs
+from vdm_core import guidance, sampling
+from vdm_core.external import SigmaModel
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (1, 4, 3, 2, 5)  # [B, C, F, h, w] latents
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    """(the pack's nodes.comfy_model module, comfy_session, comfy_space, stub modules)."""
+    stubs = comfy_stubs.modules(str(tmp_path_factory.mktemp("models")))
+    name = "custom_nodes_comfyui-vdm_comfy_model"
+    # only the stubs and the pack's modules come and go: third-party modules first imported meanwhile (torch's
+    # own, e.g. by torch.func) stay, so they are never imported twice
+    with mock.patch.dict(sys.modules, stubs):
+        try:
+            spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            asyncio.run(module.comfy_entrypoint())
+            yield (sys.modules[name + ".nodes.comfy_model"], sys.modules[name + ".nodes.comfy_session"],
+                   sys.modules[name + ".nodes.comfy_space"], stubs)
+        finally:
+            added = {k: v for k, v in sys.modules.items() if k not in stubs and not k.startswith(name)}
+    sys.modules.update(added)
+
+
+def prior(seed=0, shape=SHAPE):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) * 0.5, 0.3 + torch.rand(shape, generator=g)
+
+
+def posterior(mean, std, z, phi):
+    """E[x0 | z] for z = cos φ·x0 + sin φ·ε, x0 ~ N(mean, std²)."""
+    c, s, var = math.cos(phi), math.sin(phi), std ** 2
+    return mean + c * var * (z - c * mean) / (c * c * var + s * s)
+
+
+def x_hat(model, z, phi):
+    return math.cos(phi) * z - math.sin(phi) * model(z, torch.full((z.shape[0],), phi))
+
+
+# ---------------------------------------------------------------------------------------------- formulas
+
+
+@pytest.mark.parametrize("kind", sorted(cms.KINDS))
+def test_sigma_model_of_each_prediction_type_gives_the_exact_posterior_mean(kind, pack):
+    comfy_model, *_ = pack
+    ms = cms.KINDS[kind]()
+    mean, std = prior()
+    oracle = cms.OracleModel(ms, mean, std)
+    scaling, lo, hi, sigmas = comfy_model.sampling_functions(ms)
+    model = SigmaModel(scaling, lo, hi, sigmas, channels=SHAPE[1], denoise=lambda x, s: oracle.apply_model(x, s))
+    angles = model.angles(8)
+    on_grid = angles[:-1]
+    between = [(a + b) / 2 for a, b in zip(on_grid, on_grid[1:])] + [model.phi_min * 1.5]
+    z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    for phi in on_grid + between:
+        want = posterior(mean, std, z, phi)
+        got = x_hat(model, z, phi)
+        err = (got - want).abs().max() / want.abs().max()
+        assert err < 1e-5, (kind, phi, float(err))
+
+
+@pytest.mark.parametrize("kind", sorted(cms.KINDS))
+def test_angle_grid_starts_at_sigma_max_and_ends_on_the_smallest_level(kind, pack):
+    comfy_model, *_ = pack
+    ms = cms.KINDS[kind]()
+    scaling, lo, hi, sigmas = comfy_model.sampling_functions(ms)
+    model = SigmaModel(scaling, lo, hi, sigmas, channels=1)
+    angles = model.angles(10)
+    a, b = scaling(hi)
+    assert angles[0] == pytest.approx(math.atan2(b, a), abs=1e-12)
+    assert all(x > y for x, y in zip(angles, angles[1:])) and 0 < angles[-1]
+    if kind.startswith("flow") or kind == "ltxv":
+        assert angles[0] == pytest.approx(math.pi / 2, abs=1e-12)  # σ_max = 1: pure noise
+    if kind == "eps":
+        assert angles[0] == pytest.approx(math.atan(14.6146), abs=1e-4)
+    # the session is handed the grid's own noise levels, the last one followed by 0
+    assert model.session_sigmas(angles) == pytest.approx([s for s in sigmas(10) if s > 0] + [0.0], rel=1e-9)
+
+
+def test_the_grid_follows_the_shift(pack):
+    comfy_model, *_ = pack
+
+    def tangents(ms):
+        model = SigmaModel(*comfy_model.sampling_functions(ms), channels=1)
+        return [math.tan(p) for p in model.angles(8)[1:-1]]
+
+    flat, wan = tangents(cms.KINDS["flow"]()), tangents(cms.KINDS["flow_shift8"]())
+    ltxv = tangents(cms.KINDS["ltxv"]())
+    assert [w / f for w, f in zip(wan, flat)] == pytest.approx([8.0] * len(flat), rel=1e-4)
+    assert [t / f for t, f in zip(ltxv, flat)] == pytest.approx([math.exp(2.37)] * len(flat), rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- the node
+
+
+def load_model(stubs, ms=None, cls=cms.WAN21, seed=0, **kw):
+    """A stand-in MODEL as a loader makes it: built under inference mode (its weights are inference tensors)."""
+    with torch.inference_mode():
+        mean, std = prior(seed)
+        base = cls(ms or cms.KINDS["flow_shift8"](), mean, std, **kw)
+        return stubs["comfy.model_patcher"].ModelPatcher(base, load_device=torch.device("cpu"),
+                                                          offload_device=torch.device("cpu"))
+
+
+def node(pack, **inputs):
+    comfy_model, *_ = pack
+    values = {**dict(vae=None, positive=None, negative=None, cfg=1.0, checkpointing=False), **inputs}
+    with torch.inference_mode():
+        return comfy_model.VDMFromComfyModel.execute(**values).args[0]
+
+
+def test_node_output_describes_the_model(pack):
+    *_, stubs = pack
+    patcher = load_model(stubs)
+    vdm = node(pack, model=patcher)
+    net = vdm.network
+    assert vdm.handle is patcher and vdm.name == "WAN21"
+    assert net.space is None and net.config.channels == SHAPE[1] and net.config.frames == 21
+    assert net.config.resolution is None and net.device == torch.device("cpu") and net.clip_x is False
+    with pytest.raises(RuntimeError, match="inside its host's session"):
+        net(torch.zeros(SHAPE), torch.tensor([1.0]))
+
+
+def test_the_window_samples_inside_cfg_guider(pack):
+    *_, stubs = pack
+    samplers = stubs["comfy.samplers"]
+    patcher = load_model(stubs)
+    net = node(pack, model=patcher).network
+    angles = net.angles(6)
+    mean, std = prior(0)
+    z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    before = len(samplers.state["samples"])
+    with torch.inference_mode():  # as a node runs
+        got = net.run(lambda: x_hat(net, z, angles[2]), SHAPE, angles)
+    assert torch.allclose(got, posterior(mean, std, z, angles[2]), atol=2e-5)
+    (record,) = samplers.state["samples"][before:]
+    assert tuple(record["noise"].shape) == SHAPE and not record["noise"].any() and not record["latent"].any()
+    assert record["sigmas"].tolist() == pytest.approx(net.session_sigmas(angles), rel=1e-6)
+    assert record["sigmas"][0] == pytest.approx(1.0) and record["sigmas"][-1] == 0
+    assert net.denoise is None  # only inside the session
+    cond = patcher.model.conds_seen[-1][0]["cross_attn"]
+    assert cond.shape == (1, 1, 8) and not cond.any()  # Wan: one zero token of text_dim
+
+
+def test_guidance_reaches_weights_loaded_in_inference_mode(pack):
+    """Reconstruction guidance through the session pulls the observed latent frame toward y, although the
+    stand-in's weights were made under torch.inference_mode (they are cloned one by one in the session)."""
+    *_, stubs = pack
+    patcher = load_model(stubs)
+    assert sum(p.is_inference() for p in patcher.model.parameters()) > 0
+    net = node(pack, model=patcher).network
+    angles = net.angles(8)
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    y = torch.full((1, SHAPE[1], 1, *SHAPE[3:]), 1.5)
+    obs = guidance.select_frames(y, (0,), SHAPE[2])
+    errors = []
+    for w in (0.0, 0.5, 1.0):
+        with torch.inference_mode():
+            x = net.run(lambda: sampling.sample(net, noise, angles, observation=obs, method="reconstruction",
+                                                guidance_weight=w, clip=False), SHAPE, angles)
+        errors.append(float((x[:, :, :1] - y).abs().mean()))
+    assert errors[0] > errors[1] > errors[2], errors
+    assert sum(p.is_inference() for p in patcher.model.parameters()) == 0
+
+
+def test_cfg_uses_a_zero_negative_and_positive_as_given(pack):
+    *_, stubs = pack
+    patcher = load_model(stubs)
+    positive = [[torch.ones(1, 3, 8), {}]]
+    net = node(pack, model=patcher, positive=positive, cfg=3.0).network
+    angles = net.angles(2)
+    with torch.inference_mode():
+        net.run(lambda: net.x0(torch.zeros(SHAPE), angles[0]), SHAPE, angles)
+    seen = patcher.model.conds_seen[-2:]
+    assert [c[0]["cross_attn"].shape for c in seen] == [(1, 3, 8), (1, 1, 8)]
+    assert seen[0][0]["cross_attn"].eq(1).all() and not seen[1][0]["cross_attn"].any()
+
+
+def test_a_model_without_a_known_text_input_asks_for_positive(pack):
+    *_, stubs = pack
+    with pytest.raises(ValueError, match="connect `positive`"):
+        node(pack, model=load_model(stubs, cls=cms.OracleModel))
+    assert node(pack, model=load_model(stubs, cls=cms.OracleModel), positive=[[torch.zeros(1, 1, 8), {}]])
+
+
+def test_a_model_that_adds_no_noise_is_refused(pack):
+    *_, stubs = pack
+
+    class NoNoise(cms.CONST):  # ComfyUI's IMG_TO_IMG_FLOW: x = x0 at every level
+        def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
+            return latent_image
+
+    ms = cms.model_sampling(cms.DiscreteFlow(1.0), NoNoise)
+    with pytest.raises(ValueError, match="adds no noise"):
+        node(pack, model=load_model(stubs, ms))
+
+
+class InPlaceOracle(cms.GaussianOracle):
+    """Its forward updates a tensor autograd saved (as LTX-Video's blocks do): plain backward fails."""
+
+    def forward(self, xc, sigma):
+        t = xc.exp()
+        t.mul_(1.0)
+        return super().forward(xc + 0.0 * t, sigma)
+
+
+class InPlaceModel(cms.WAN21):
+    def __init__(self, ms, mean, std, text_dim=8):
+        super().__init__(ms, mean, std, text_dim)
+        self.diffusion_model = InPlaceOracle(ms, mean, std)
+        self.diffusion_model.text_dim = text_dim
+
+
+def test_an_in_place_model_is_functionalized_and_the_window_sampled_again(pack):
+    _, session_mod, _, stubs = pack
+    patcher = load_model(stubs, cls=InPlaceModel)
+    vdm = node(pack, model=patcher)
+    net, session = vdm.network, vdm.network._session
+    angles = net.angles(4)
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4))
+    obs = guidance.select_frames(torch.ones(1, SHAPE[1], 1, *SHAPE[3:]), (0,), SHAPE[2])
+    plain = InPlaceOracle(cms.KINDS["flow"](), torch.zeros(SHAPE), torch.ones(SHAPE))
+    xx = noise.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="inplace"):  # what the session catches
+        torch.autograd.grad(plain(xx, torch.tensor([0.5])).sum(), xx)
+    assert not session.functionalize
+    with torch.inference_mode():
+        x = net.run(lambda: sampling.sample(net, noise, angles, observation=obs, guidance_weight=1.0, clip=False),
+                    SHAPE, angles)
+    assert session.functionalize and torch.isfinite(x).all()
+    assert "forward" not in patcher.model.diffusion_model.__dict__  # unwrapped afterwards
+
+
+def test_cancel_passes_through_and_the_session_is_restored(pack):
+    _, session_mod, _, stubs = pack
+    mm = stubs["comfy.model_management"]
+    patcher = load_model(stubs)
+    net = node(pack, model=patcher).network
+    angles = net.angles(4)
+
+    class Cancel(BaseException):  # 0.33's InterruptProcessingException is a BaseException
+        pass
+
+    for exc in (mm.InterruptProcessingException, Cancel):
+        def fn():
+            net.x0(torch.zeros(SHAPE), angles[0])
+            raise exc()
+
+        with pytest.raises(exc), torch.inference_mode():
+            net.run(fn, SHAPE, angles)
+        assert net.denoise is None and not net._session.active
+
+
+def test_in_training_is_set_for_the_window_and_restored(pack, monkeypatch):
+    *_, stubs = pack
+    mm = stubs["comfy.model_management"]
+    monkeypatch.setattr(mm, "in_training", False, raising=False)
+    net = node(pack, model=load_model(stubs)).network
+    seen = []
+    with torch.inference_mode():
+        net.run(lambda: seen.append(mm.in_training) or torch.zeros(SHAPE), SHAPE, net.angles(2))
+    assert seen == [True] and mm.in_training is False
+
+
+# ---------------------------------------------------------------------------------------------- torch helpers
+
+
+def test_autograd_safe_replaces_inference_and_zombie_tensors(pack):
+    _, session_mod, _, _ = pack
+    with torch.inference_mode():
+        net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    net[1].eval()
+    x = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="Inference tensors"):
+        net(x).sum().backward()
+    net[0].weight.data = net[0].weight.data * 1  # a "zombie": no longer is_inference(), still unusable
+    assert not net[0].weight.is_inference() and session_mod.unusable_for_autograd(net[0].weight)
+    weight = net[0].weight.detach().clone()
+    assert session_mod.autograd_safe(net) == 2 + 2 + 3  # linear and norm weight and bias; the norm's 3 buffers
+    assert not any(session_mod.unusable_for_autograd(t) for t in [*net.parameters(), *net.buffers()])
+    assert torch.equal(net[0].weight, weight)
+    (g,) = torch.autograd.grad(net(x).sum(), x)
+    assert torch.isfinite(g).all()
+    assert session_mod.autograd_safe(net) == 0
+
+
+def test_autograd_safe_conds_clones_nested_inference_tensors(pack):
+    _, session_mod, _, _ = pack
+    with torch.inference_mode():
+        t = torch.ones(2)
+    holder = SimpleNamespace(cond=t)
+    conds = {"positive": [{"cross_attn": t, "model_conds": {"c": holder}, "n": 3}]}
+    assert session_mod.autograd_safe_conds(conds) == 2
+    assert not conds["positive"][0]["cross_attn"].is_inference() and not holder.cond.is_inference()
+
+
+def test_checkpointed_blocks_give_the_same_gradient_and_are_removed(pack):
+    _, session_mod, _, _ = pack
+    torch.manual_seed(0)
+    dm = torch.nn.Module()
+    dm.blocks = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh()) for _ in range(3))
+
+    def forward(x):
+        for block in dm.blocks:
+            x = block(x)
+        return x
+
+    x = torch.randn(2, 4, requires_grad=True)
+    (want,) = torch.autograd.grad(forward(x).pow(2).sum(), x)
+    with session_mod.checkpointed_blocks(dm) as n:
+        assert n == 3
+        (got,) = torch.autograd.grad(forward(x).pow(2).sum(), x)
+    assert torch.allclose(got, want, atol=1e-6)  # each wrapper recomputes its own block
+    assert all("forward" not in b.__dict__ for b in dm.blocks)
+
+
+def test_functionalized_forward_differentiates_in_place_updates(pack):
+    _, session_mod, _, _ = pack
+
+    class M(torch.nn.Module):
+        def forward(self, x, scale=1.0):
+            h = torch.sigmoid(x)
+            h.mul_(scale)  # sigmoid saved h for its backward
+            return h
+
+    m, x = M(), torch.randn(5, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        torch.autograd.grad(m(x, scale=2.0).sum(), x)
+    with session_mod.functionalized(m):
+        (g,) = torch.autograd.grad(m(x, scale=2.0).sum(), x)
+    s = torch.sigmoid(x.detach())
+    assert torch.allclose(g, 2 * s * (1 - s), atol=1e-6) and "forward" not in m.__dict__
+
+
+# ---------------------------------------------------------------------------------------------- the VAE
+
+
+class StandInDecoder(torch.nn.Module):
+    """A causal ×4-in-time, ×2-in-space "VAE" with 3 of the latent channels as colours (ComfyUI's video
+    VAEs: ``decode`` [B, C, T, h, w] → [B, 3, 1 + 4(T − 1), 2h, 2w] in about [-1, 1])."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = torch.nn.Conv3d(4, 3, 1)
+
+    def decode(self, z):
+        frames = torch.cat([z[:, :, :1], z[:, :, 1:].repeat_interleave(4, 2)], 2)
+        return torch.tanh(self.mix(frames)).repeat_interleave(2, 3).repeat_interleave(2, 4)
+
+
+class StandInVAE:
+    def __init__(self, stubs):
+        with torch.inference_mode():
+            self.first_stage_model = StandInDecoder()
+        self.latent_channels, self.vae_dtype, self.device, self.latent_dim = 4, torch.float32, torch.device("cpu"), 3
+        self.patcher = stubs["comfy.model_patcher"].ModelPatcher(self.first_stage_model, torch.device("cpu"),
+                                                                 torch.device("cpu"))
+        self.encoded = []
+
+    def temporal_compression_decode(self):
+        return 4
+
+    def spacial_compression_decode(self):
+        return 2
+
+    def memory_used_decode(self, shape, dtype):
+        return 10 * math.prod(shape)
+
+    def decode(self, raw):
+        return ((self.first_stage_model.decode(raw) + 1) / 2).clamp(0, 1).movedim(1, -1)
+
+    def decode_tiled(self, raw, **kw):
+        self.tiled = kw
+        return self.decode(raw)
+
+    def encode(self, image):  # IMAGE [F, H, W, 3] → raw latents [1, 4, 1 + (F − 1)//4, H/2, W/2]
+        self.encoded.append(image.shape)
+        f, h, w, _ = image.shape
+        return torch.ones(1, 4, 1 + (f - 1) // 4, h // 2, w // 2) * image.mean()
+
+
+def test_the_vae_latent_space(pack):
+    *_, stubs = pack
+    vae = StandInVAE(stubs)
+    patcher = load_model(stubs)
+    net = node(pack, model=patcher, vae=vae).network
+    space, fmt = net.space, patcher.model.latent_format
+    assert (space.channels, space.time, space.scale, space.causal) == (4, 4, 2, False)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5))
+    angles = net.angles(2)
+
+    def inside():
+        with torch.enable_grad():
+            xx = x.clone().requires_grad_()
+            img = space.decode(xx)
+            (g,) = torch.autograd.grad(img.sum(), xx)
+        for refused in (lambda: space.decode_final(x), lambda: space.encode(torch.zeros(1, 3, 5, 4, 10))):
+            with pytest.raises(RuntimeError, match="outside SigmaModel.run"):
+                refused()
+        return img.detach(), g
+
+    with torch.inference_mode():
+        img, g = net.run(inside, SHAPE, angles)
+    raw = fmt.process_out(x)
+    assert img.shape == (1, 3, 9, 4, 10) and torch.allclose(img, vae.first_stage_model.decode(raw), atol=1e-6)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0  # through decoder weights made in inference mode
+    final = space.decode_final(x)
+    assert torch.allclose(final, img.clamp(-1, 1), atol=1e-6)
+    clip = torch.rand(1, 3, 5, 4, 10) * 2 - 1
+    lat = space.encode(clip)
+    assert vae.encoded[-1] == (5, 4, 10, 3) and lat.shape == (1, 4, 2, 2, 5)
+    assert torch.allclose(lat, fmt.process_in(torch.ones(1, 4, 2, 2, 5) * ((clip + 1) / 2).mean()), atol=1e-6)
+    long = torch.zeros(1, 4, 2 * 21 + 1, 2, 5)
+    space.decode_final(long)
+    assert vae.tiled["tile_t"] == 21  # a clip longer than two native windows: temporal tiles
+
+
+def test_a_vae_of_another_latent_size_is_refused(pack):
+    *_, stubs = pack
+    vae = StandInVAE(stubs)
+    vae.latent_channels = 16
+    with pytest.raises(ValueError, match="connect the model's own VAE"):
+        node(pack, model=load_model(stubs), vae=vae)
