@@ -2,8 +2,12 @@
 
 The UI files are checked against the nodes' real schemas (the pack imported through tests/comfy_stubs.py):
 node ids, input and output names and types, links, and the positional ``widgets_values`` the frontend
-writes. Every API twin runs headless with a tiny random checkpoint at 2 steps, and the runner's batch mode,
-resume, --set errors and --server client (against a small fake ComfyUI) are exercised.
+writes. Every API twin of the pack's own model runs headless with a tiny random checkpoint at 2 steps, and
+the runner's batch mode, resume, --set errors and --server client (against a small fake ComfyUI) are
+exercised. The Wan examples (``wan_*``) need ComfyUI itself — its model loaders, text encoder and the
+host-only Use ComfyUI Model node — so their API twins are checked for structure only (every VDM value fits
+its spec, every core node has its inputs), and ``vdm run`` must refuse them with a pointer to ComfyUI;
+tests/harness/ runs them in the real ComfyUI.
 """
 import asyncio
 import base64
@@ -32,6 +36,11 @@ UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
 API_FILES = sorted((ROOT / "workflows" / "api").glob("*.json"))
 NAMES = [p.stem for p in UI_FILES]
 JOBS = {"generate", "extend", "interpolate", "upscale", "interpolate_upscale"}
+WAN = {"wan_generate", "wan_extend", "wan_interpolate", "wan_upscale"}
+"""Examples on ComfyUI's Wan 2.1 1.3B (the file names of ComfyUI's Wan templates)."""
+WAN_FILES = {"UNETLoader": ("unet_name", "wan2.1_t2v_1.3B_fp16.safetensors"),
+             "CLIPLoader": ("clip_name", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+             "VAELoader": ("vae_name", "wan_2.1_vae.safetensors")}
 # (frames, width, height, fps) each example's video must have; the same with the tiny model at 2 steps
 EXPECTED = {"generate": (32, 16, 16, 8), "extend": (32, 16, 16, 8), "interpolate": (23, 16, 16, 16),
             "upscale": (16, 16, 16, 8), "interpolate_upscale": (15, 16, 16, 16)}
@@ -41,7 +50,13 @@ CORE = {
     "GetVideoComponents": ({"video": "VIDEO"}, [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]),
     "CreateVideo": ({"images": "IMAGE", "audio": "AUDIO", "fps": "FLOAT"}, [("VIDEO", "VIDEO")]),
     "SaveVideo": ({"video": "VIDEO", "filename_prefix": "STRING", "format": "COMBO", "codec": "COMBO"}, []),
+    "UNETLoader": ({"unet_name": "COMBO", "weight_dtype": "COMBO"}, [("MODEL", "MODEL")]),
+    "CLIPLoader": ({"clip_name": "COMBO", "type": "COMBO", "device": "COMBO"}, [("CLIP", "CLIP")]),
+    "CLIPTextEncode": ({"text": "STRING", "clip": "CLIP"}, [("CONDITIONING", "CONDITIONING")]),
+    "VAELoader": ({"vae_name": "COMBO"}, [("VAE", "VAE")]),
 }
+HOST_ONLY_CORE = {"UNETLoader", "CLIPLoader", "CLIPTextEncode", "VAELoader"}
+"""Core nodes `vdm run` cannot execute (ComfyUI's model loaders and text encoding)."""
 WIDGET_TYPES = {"INT", "FLOAT", "COMBO", "STRING", "BOOLEAN"}
 TINY = UNet3DConfig(base_width=8, width_mults=(1, 2), heads=2, resolution=16, frames=16)
 
@@ -85,7 +100,7 @@ def probe(path):
 
 
 def test_every_job_has_a_ui_workflow_and_an_api_twin():
-    assert JOBS | {"extend_video"} <= set(NAMES)
+    assert JOBS | {"extend_video"} | WAN <= set(NAMES)
     assert [p.name for p in API_FILES] == [p.name for p in UI_FILES]
     for path in UI_FILES:
         assert graph.is_ui_format(load(path)), path
@@ -148,6 +163,10 @@ def test_ui_workflow_matches_the_nodes(name, schemas):
                 assert value in options[wid], f"{name}: {t}.{wid}={value!r} not in {options[wid]}"
             if wid == "model_name":
                 assert value == "vdm-sprites-16 (bundled)", "examples must use the bundled model"
+            if t in WAN_FILES and wid == WAN_FILES[t][0]:
+                assert value == WAN_FILES[t][1], f"{name}: {t} must load ComfyUI's template file {WAN_FILES[t][1]}"
+            if t == "CLIPLoader" and wid == "type":
+                assert value == "wan"
             if control:
                 assert values.pop(0) == "fixed", f"{name}: {t}.{wid} must be 'fixed' so the example reproduces"
 
@@ -169,7 +188,45 @@ def test_api_twin_is_the_same_graph(name, schemas):
         for (wid, _, _), value in zip(_widgets(schemas.get(node["type"]), node["type"]), values):
             if wid not in linked:
                 assert inputs[wid] == value, f"{name}: node {nid} {wid}"
-    executor.check_nodes(api)  # every node and input is one `vdm run` executes
+    if name in WAN:
+        check_host_prompt(api, name)
+    else:
+        executor.check_nodes(api)  # every node and input is one `vdm run` executes
+
+
+def check_host_prompt(api, name):
+    """An API prompt that needs ComfyUI: the headless nodes as `vdm run` checks them, every VDM node's
+    values against its spec (host-only ones included), every core node's inputs as in ComfyUI 0.3.64."""
+    from vdm_app import spec
+
+    hosted = {nid for nid, n in api.items() if n["class_type"] in HOST_ONLY_CORE or
+              (n["class_type"] in spec.NODES and spec.NODES[n["class_type"]].host_only)}
+    assert hosted, f"{name} needs nothing of ComfyUI: it belongs with the headless examples"
+    executor.check_nodes(api, [nid for nid in api if nid not in hosted])
+    for nid in hosted:
+        ct, inputs = api[nid]["class_type"], api[nid]["inputs"]
+        if ct in spec.NODES:
+            node = spec.NODES[ct]  # linked widgets take their value at run time; sockets keep the link
+            spec.check_inputs(ct, {k: v for k, v in inputs.items() if not (graph.is_link(v) and node.input(k).widget)})
+            known = {i.name for i in spec.NODES[ct].inputs}
+        else:
+            known = set(CORE[ct][0])
+            assert {k for k, t in CORE[ct][0].items() if t in WIDGET_TYPES} <= set(inputs), f"{name}: {ct} {inputs}"
+        assert set(inputs) <= known, f"{name}: {ct} has inputs {sorted(set(inputs) - known)} it does not take"
+
+
+@pytest.mark.parametrize("name", sorted(WAN))
+def test_wan_workflows_are_refused_headless_with_a_pointer_to_comfyui(name, capsys):
+    assert vdm("run", ROOT / "workflows" / "api" / f"{name}.json") == 2
+    err = capsys.readouterr().err
+    assert "headless" in err and "run the workflow in ComfyUI or with --server URL" in err
+
+
+@pytest.mark.parametrize("name", sorted(WAN))
+def test_wan_workflows_say_which_models_they_need(name):
+    note = next(n for n in load(ROOT / "workflows" / f"{name}.json")["nodes"] if n["type"] == "MarkdownNote")
+    for _, file in WAN_FILES.values():
+        assert file in note["widgets_values"][0], f"{name}: the note must name {file}"
 
 
 def test_vdm_demo_reads_the_one_extend_example():
