@@ -1,0 +1,99 @@
+"""Import the real ComfyUI of a harness home in this process (CPU, one thread), and load this pack the way
+ComfyUI loads a custom-node folder. For the harness scripts only (not CI); run them with that home's
+venv: ``$COMFY_HOME/venv/bin/python tests/harness/<script>.py``.
+
+``COMFY_HOME`` (default /work/comfy/h033) holds ``ComfyUI/`` (shared/tools/comfyhost/setup.sh makes it).
+Import this module before anything of ComfyUI: it puts ``$COMFY_HOME/ComfyUI`` first on ``sys.path`` and
+lets ComfyUI parse ``--cpu`` (plus ``$COMFY_ARGS``) as its command line.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+HOME = Path(os.environ.get("COMFY_HOME", "/work/comfy/h033"))
+COMFY = HOME / "ComfyUI"
+PACK = Path(__file__).resolve().parents[2]
+if str(COMFY) not in sys.path:
+    sys.path.insert(0, str(COMFY))
+
+_argv = sys.argv
+sys.argv = [_argv[0], "--cpu", *os.environ.get("COMFY_ARGS", "").split()]
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing()
+import comfy.cli_args  # noqa: E402,F401  (parses the command line above)
+
+sys.argv = _argv
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def version() -> str:
+    import comfyui_version
+
+    return comfyui_version.__version__
+
+
+def load_pack():
+    """This pack imported as ComfyUI imports ``custom_nodes/comfyui-vdm`` (a package under a mangled name,
+    its V3 entry point awaited); returns ``{node_id: node class}``."""
+    name = str(COMFY / "custom_nodes" / "comfyui-vdm").replace(".", "_x_")
+    spec = importlib.util.spec_from_file_location(name, PACK / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
+    return {n.GET_SCHEMA().node_id: n for n in nodes}
+
+
+def use_models(models_dir) -> None:
+    """Let ComfyUI's loader nodes find the files under ``models_dir`` (diffusion_models/, vae/, checkpoints/)."""
+    import folder_paths
+
+    for folder in ("diffusion_models", "vae", "checkpoints"):
+        folder_paths.add_model_folder_path(folder, str(Path(models_dir) / folder), is_default=True)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+class PeakRSS:
+    """Peak resident memory (MB) of this process inside a ``with`` block, sampled every 2 ms."""
+
+    def __enter__(self):
+        self.start = self.peak = rss_mb()
+        self._stop = False
+
+        def watch():
+            while not self._stop:
+                self.peak = max(self.peak, rss_mb())
+                time.sleep(0.002)
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+        self.end = rss_mb()
+        return False
+
+    @property
+    def added(self) -> float:
+        return self.peak - self.start
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
