@@ -64,8 +64,9 @@ class SigmaModel:
 
     ``scaling(σ) → (a, b)``: the x0 and ε coefficients of the model's sampler state; ``sigma_min/max``: its
     range (σ is kept inside it); ``sigmas(steps)``: its own grid, descending, ending in 0 or not.
-    ``session(fn)``: runs ``fn()`` — one window's sampling — inside the host's sampling context and returns
-    its result; the host sets :attr:`denoise` for the duration (default: ``fn()``, with ``denoise`` given).
+    ``session(fn, shape)``: runs ``fn()`` — one window's sampling of a sample of ``shape``
+    ``[B, C, T, h, w]`` — inside the host's sampling context and returns its result; the host sets
+    :attr:`denoise` for the duration (default: ``fn()``, with ``denoise`` given).
     ``space``: the model's :class:`LatentSpace` (None: it samples pixels). ``frames``/``resolution``: its
     native window (latent frames) and tile (latent pixels), None for "the whole clip"; ``channels``: of
     its samples. Sampling never clips x̂ to [-1, 1] (``clip_x``): latents are not images.
@@ -75,7 +76,8 @@ class SigmaModel:
 
     def __init__(self, scaling: Callable[[float], tuple[float, float]], sigma_min: float, sigma_max: float,
                  sigmas: Callable[[int], list[float]], *, channels: int, denoise: Denoise | None = None,
-                 session: Callable[[Callable[[], Tensor]], Tensor] | None = None, space: LatentSpace | None = None,
+                 session: Callable[[Callable[[], Tensor], tuple], Tensor] | None = None,
+                 space: LatentSpace | None = None,
                  frames: int | None = None, resolution: int | None = None, device=None):
         self.scaling, self.sigmas, self.denoise, self.space = scaling, sigmas, denoise, space
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
@@ -145,6 +147,6 @@ class SigmaModel:
         p = min(max(p, self.phi_min), self.phi_max)
         return (math.cos(p) * z - self.x0(z, p)) / math.sin(p)
 
-    def run(self, fn: Callable[[], Tensor]) -> Tensor:
-        """``fn()`` — one window's sampling — inside the host's session."""
-        return fn() if self._session is None else self._session(fn)
+    def run(self, fn: Callable[[], Tensor], shape: tuple) -> Tensor:
+        """``fn()`` — one window's sampling of a sample of ``shape`` — inside the host's session."""
+        return fn() if self._session is None else self._session(fn, tuple(shape))
