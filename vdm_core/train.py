@@ -19,13 +19,14 @@ from torch import Tensor
 
 from . import checkpoint
 from .data import SPRITES_VERSION, ClipFolder, SpriteClips
+from .motion import MotionMix
 from .schedule import phi_of_t, q_sample, v_target
 from .unet3d import UNet3D, UNet3DConfig
 
 
 @dataclass
 class TrainConfig:
-    """Training settings; ``data`` is ``"sprites"`` or a folder of clips."""
+    """Training settings; ``data`` is ``"sprites"``, ``"motion"`` or a folder of clips (``make_dataset``)."""
 
     out: str
     data: str = "sprites"
@@ -72,8 +73,12 @@ def ema_update(ema: UNet3D, model: UNet3D, decay: float) -> None:
 
 
 def make_dataset(cfg: TrainConfig, seed: int):
+    """``cfg.data``: ``"sprites"`` (moving sprites v1), ``"motion"`` (motion scenes mixed with sprites,
+    ``vdm_core.motion``) or a folder of clips."""
     if cfg.data == "sprites":
         return SpriteClips(cfg.size, cfg.frames, seed=seed)
+    if cfg.data == "motion":
+        return MotionMix(cfg.size, cfg.frames, seed=seed)
     return ClipFolder(cfg.data, cfg.size, cfg.frames, stride=cfg.stride, seed=seed)
 
 
@@ -95,7 +100,8 @@ def train(cfg: TrainConfig, resume: str | None = None, device=None, log=None) ->
     # a resumed run draws fresh clips rather than replaying the ones already seen
     data = iter(torch.utils.data.DataLoader(make_dataset(cfg, cfg.seed + start), batch_size=cfg.batch))
     facts = {
-        "data": cfg.data if cfg.data != "sprites" else f"moving sprites v{SPRITES_VERSION}",
+        "data": {"sprites": f"moving sprites v{SPRITES_VERSION}",
+                 "motion": MotionMix.description}.get(cfg.data, cfg.data),
         "resolution": cfg.size, "frames": cfg.frames, "seed": cfg.seed, "batch": cfg.batch,
         "lr": cfg.lr, "target": "v", "schedule": "cosine, log-SNR [-20, 20]",
     }
