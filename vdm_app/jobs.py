@@ -367,7 +367,7 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None, *, length: int, width: in
 
     def callback(done: int, total: int, x: Tensor) -> None:
         if progress is not None:
-            progress(done, total, _preview_frames(x))
+            progress(done, total, None if x is None else _preview_frames(x))  # latents: no preview
 
     if job is None:
         frames, side = native_size(model.network)

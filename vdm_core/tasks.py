@@ -35,9 +35,10 @@ from torch.utils.checkpoint import checkpoint
 from . import guidance, sampling
 from .schedule import sampling_angles
 
-Callback = Callable[[int, int, Tensor], None]
+Callback = Callable[[int, int, "Tensor | None"], None]
 """``callback(done, total, preview)``: ``done``/``total`` count tile-steps of the whole job (known up
-front); ``preview`` is x̂ of the current window, ``[C, F, H, W]`` in [-1, 1] on the CPU. Raising stops."""
+front); ``preview`` is x̂ of the current window, ``[C, F, H, W]`` in [-1, 1] on the CPU (None for a model
+that samples latents). Raising stops."""
 
 RANGE_EPS = 1e-3  # clip values may overshoot [-1, 1] by this much (rounding in conversions)
 
