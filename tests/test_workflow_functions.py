@@ -13,9 +13,9 @@ HOOKS = {"progress", "check_interrupt", "load_model_to_device", "oom_errors", "r
 
 
 def node(node_id, **values):
-    """Run a node as the front ends do: ``spec.call`` with the given inputs (and host hooks)."""
+    """Run a node as the front ends do: ``jobs.run_node`` with the given inputs (and host hooks)."""
     hooks = {k: values.pop(k) for k in list(values) if k in HOOKS}
-    return spec.call(node_id, values, **hooks)
+    return wf.run_node(node_id, values, **hooks)
 
 
 def load(model_name, dtype="auto", **hooks):

@@ -1,8 +1,8 @@
 """The job functions every front end runs: the pack's nodes on plain values, no ComfyUI imports.
 
 One function per node (``spec.NODES[node_id].function``); its keyword names are the node's inputs
-(declared with their defaults and ranges in :mod:`vdm_app.spec`, which fills and checks them: see
-``spec.call``) and it returns a tuple in the node's output order. The ComfyUI nodes (``nodes/``), ``vdm
+(declared with their defaults and ranges in :mod:`vdm_app.spec`; :func:`run_node` fills them in, checks
+them and calls the function) and it returns a tuple in the node's output order. The ComfyUI nodes (``nodes/``), ``vdm
 run`` and the ``vdm`` command call the same functions. Host services are keyword-only hooks:
 ``progress(done, total, preview)``, ``load_model_to_device(model, memory_required) -> network``,
 ``check_interrupt()``, ``resolve_path(model_name) -> path``.
@@ -30,6 +30,7 @@ from PIL import Image
 from torch import Tensor
 
 from .lib import checkpoint, data, tasks, video_io
+from . import spec
 from .spec import AUTO, BUNDLED_NAME, DEFAULT_FPS
 
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -415,3 +416,10 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None, *, length: int, width: in
     if job is None:
         return images, DEFAULT_FPS, None
     return images, job.output_fps, job.output_audio()
+
+
+def run_node(node_id: str, values: dict, *, options: dict[str, tuple[str, ...]] | None = None, **hooks) -> tuple:
+    """Run node ``node_id`` as every front end does: its inputs checked and completed with their defaults
+    (``spec.check_inputs``; ``options``: COMBO choices the host lists), then its function here called with
+    them and the host ``hooks``; returns its output tuple."""
+    return globals()[spec.NODES[node_id].function](**spec.check_inputs(node_id, values, options), **hooks)
