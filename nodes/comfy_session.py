@@ -219,7 +219,8 @@ class LoopSampler(comfy.samplers.Sampler):
 
 
 class ComfySession:
-    """``session(fn, shape, sigmas)`` of an ``external.SigmaModel`` driving a ComfyUI MODEL.
+    """``session(fn, shape)`` of an ``external.SigmaModel`` driving a ComfyUI MODEL: ``fn`` samples a window of
+    latents ``shape`` down the SigmaModel's last grid, whose noise levels (``session_sigmas()``) ComfyUI gets.
 
     ``patcher``: the MODEL (its patches apply); ``positive``/``negative``: conditionings (ComfyUI's
     CONDITIONING lists, never empty: an empty list runs without calling the model and returns x̂0 = 0);
@@ -237,7 +238,8 @@ class ComfySession:
         self.active = False
         self.stats = {"sessions": 0, "cloned": 0, "cloned_conds": 0}
 
-    def __call__(self, fn: Callable[[], torch.Tensor], shape: tuple, sigmas: list[float]) -> torch.Tensor:
+    def __call__(self, fn: Callable[[], torch.Tensor], shape: tuple) -> torch.Tensor:
+        sigmas = self.target.session_sigmas()  # the grid of the window's loop (its last angles() call)
         try:
             return self._sample(fn, shape, sigmas)
         except RuntimeError as e:

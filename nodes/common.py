@@ -41,10 +41,10 @@ def schema(node_id: str, options: dict[str, list[str]] | None = None) -> io.Sche
 
 
 def run(node_id: str, inputs: dict, **hooks) -> io.NodeOutput:
-    """``spec.call`` of the node; its errors reach the artist as ``ValueError: <node>: <what to change>``
+    """``jobs.run_node`` of the node; its errors reach the artist as ``ValueError: <node>: <what to change>``
     (not under the pack's module path)."""
     try:
-        return io.NodeOutput(*spec.call(node_id, inputs, **hooks))
+        return io.NodeOutput(*jobs.run_node(node_id, inputs, **hooks))
     except ValueError as e:
         if type(e) is ValueError:
             raise

@@ -1,7 +1,8 @@
+import numpy as np
 import torch
 
-from vdm_core.data import sprite_batch, split_seed
-from vdm_core.metrics import psnr, sprite_errors, ssim
+from vdm_core.data import sprite_batch, sprite_centres, sprite_scene, split_seed
+from vdm_core.metrics import object_errors, psnr, sprite_errors, ssim
 
 
 def test_psnr_and_ssim_of_identical_and_noisy_clips():
@@ -32,3 +33,43 @@ def test_vanished_sprite_counts_as_lost():
     blank = x[:, :1].mean(dim=(2, 3), keepdim=True).expand_as(x).clone()  # flat image, no sprite
     err, ghost = sprite_errors(blank, seed, [1, 2])
     assert ghost > 0.5 and err > 2
+
+
+def _disc_on_checkerboard(centres, radius=0.2, size=16):
+    """``[3, F, size, size]`` clip in [-1, 1] of a red disc at ``centres`` (``[F, 2]``) over a blue/grey
+    checkerboard, and that background ``[3, F, size, size]`` in [0, 1]."""
+    g = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+    ys, xs = torch.meshgrid(g, g, indexing="ij")
+    check = ((xs * 4).floor() + (ys * 4).floor()) % 2  # 4×4 checkerboard
+    blue, grey, red = (torch.tensor(c, dtype=torch.float64)[:, None, None] for c in
+                       ((0.1, 0.2, 0.8), (0.6, 0.6, 0.6), (0.9, 0.1, 0.1)))
+    bg = blue * (1 - check) + grey * check
+    frames = [torch.where(((xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2)[None], red, bg) for cx, cy in centres]
+    background = bg[:, None].expand(3, len(centres), size, size)
+    return (torch.stack(frames, 1) * 2 - 1).float(), background.numpy()
+
+
+def test_object_errors_on_a_textured_background():
+    centres = np.array([[0.3 + 0.05 * t, 0.5] for t in range(4)])[None]  # [1, F, 2]
+    clip, background = _disc_on_checkerboard(centres[0])
+    red, r = [(0.9, 0.1, 0.1)], [0.2]
+    err, ghost = object_errors(clip, centres, red, r, background, [0, 1, 2, 3])
+    assert err < 0.3 and ghost < 0.02  # the checkerboard itself carries no mass
+    shifted, _ = _disc_on_checkerboard(centres[0] + [3 / 16, 0])  # 3 px to the right
+    err_s, _ = object_errors(shifted, centres, red, r, background, [0, 1, 2, 3])
+    assert abs(err_s - 3) < 0.5
+    hidden = np.zeros((1, 4))  # fully occluded everywhere: nothing to score
+    assert all(np.isnan(object_errors(shifted, centres, red, r, background, [0, 1], visible=hidden)))
+    visible = np.array([[1.0, 0.2, 1.0, 1.0]])  # frame 1 less than half visible: not scored
+    mixed = clip.clone()
+    mixed[:, 1] = torch.from_numpy(background[:, 1] * 2 - 1)  # the object is gone from frame 1 only
+    assert object_errors(mixed, centres, red, r, background, [0, 1, 2], visible=visible)[0] < 0.3
+    assert object_errors(mixed, centres, red, r, background, [0, 1, 2])[0] > 2  # ... which would count as lost
+
+
+def test_sprite_errors_is_object_errors_with_the_v1_ground_truth():
+    seed = split_seed("test", 3)
+    x = sprite_batch("test", [3], size=16, frames=6)[0]
+    background, sprites = sprite_scene(seed)
+    assert sprite_errors(x, seed, [1, 4]) == object_errors(
+        x, sprite_centres(seed, 6), [sp.colour for sp in sprites], [sp.radius for sp in sprites], background, [1, 4])

@@ -178,7 +178,7 @@ def test_trains_on_a_folder_says_what_it_skipped_and_writes_samples(tmp_path):
     assert checkpoint.load(path).training_info["data"] == str(clips)
     info = probe(tmp_path / "model.step2.gif")
     assert (info.frames, info.width, info.height) == (4, 8, 8)
-    with pytest.raises(FileNotFoundError, match="--data 'nowhere' is neither 'sprites' nor an existing folder"):
+    with pytest.raises(FileNotFoundError, match="--data 'nowhere' is neither 'sprites', 'motion' nor an existing folder"):
         train(tiny_config(tmp_path, data="nowhere"), log=lambda s: None)
 
 

@@ -2,7 +2,7 @@
 
 The job commands are the nodes on the command line: their flags are built from the node spec
 (``vdm_app.spec``: same names, defaults, ranges and help as the ComfyUI widgets) and they run the same job
-functions (``vdm_app.jobs``) through ``spec.call``. ``vdm train``'s flags are built from the fields of
+functions (``vdm_app.jobs``) through ``jobs.run_node``. ``vdm train``'s flags are built from the fields of
 ``vdm_core.train.TrainConfig`` and its network config. Every input is checked, and the output path too,
 before any compute is spent; an error a user can cause is one line naming the input and what to do.
 """
@@ -128,11 +128,11 @@ def _run_job(args, label: str, job_node: str | None) -> None:
                 raise spec.InputError("", f"--{name.replace('_', '-')}", f"must be at least {minimum}, got {value}")
         images, fps, audio = jobs.read_clip(args.input, start=args.start, max_frames=args.max_frames,
                                             short_side=args.short_side)
-        (job,) = spec.call(job_node, {"frames": images, "fps": fps, "audio": audio, **settings})
+        (job,) = jobs.run_node(job_node, {"frames": images, "fps": fps, "audio": audio, **settings})
     else:
         job = None
-    (model,) = spec.call("VDM_LoadModel", load, resolve_path=_resolve_model, device=device)
-    images, fps, audio = spec.call("VDM_SampleDDIMv", {**sample, "model": model, "job": job},
+    (model,) = jobs.run_node("VDM_LoadModel", load, resolve_path=_resolve_model, device=device)
+    images, fps, audio = jobs.run_node("VDM_SampleDDIMv", {**sample, "model": model, "job": job},
                                    progress=ProgressBar(f"vdm {label}"), load_model_to_device=jobs.move_to(device))
     if job is None and args.fps is not None:
         fps = args.fps

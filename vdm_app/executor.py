@@ -1,6 +1,6 @@
 """``vdm run`` without ComfyUI: execute a prompt graph of this pack's nodes and ComfyUI's core video nodes.
 
-Each VDM node runs the same job function its ComfyUI node calls (``spec.call``); the core video nodes the
+Each VDM node runs the same job function its ComfyUI node calls (``jobs.run_node``); the core video nodes the
 examples use run through small adapters here:
 
 * ``LoadVideo`` (``file``: a path; relative paths are taken from the current folder) → VIDEO
@@ -198,7 +198,7 @@ def run_prompt(prompt: dict, save: Namer, *, device=None, log=None) -> list[Path
                 hooks = {"VDM_LoadModel": {"resolve_path": _resolve_model, "device": device},
                          "VDM_SampleDDIMv": {"progress": ProgressBar(title(nid, node)),
                                              "load_model_to_device": jobs.move_to(device)}}.get(ct, {})
-                results[nid] = tuple(spec.call(ct, kwargs, **hooks))
+                results[nid] = tuple(jobs.run_node(ct, kwargs, **hooks))
         except TypeError as e:  # a missing required input of a core node
             raise WorkflowError(f"{title(nid, node)}: {e}") from None
         except spec.InputError as e:

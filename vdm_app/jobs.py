@@ -1,8 +1,8 @@
 """The job functions every front end runs: the pack's nodes on plain values, no ComfyUI imports.
 
 One function per node (``spec.NODES[node_id].function``); its keyword names are the node's inputs
-(declared with their defaults and ranges in :mod:`vdm_app.spec`, which fills and checks them: see
-``spec.call``) and it returns a tuple in the node's output order. The ComfyUI nodes (``nodes/``), ``vdm
+(declared with their defaults and ranges in :mod:`vdm_app.spec`; :func:`run_node` fills them in, checks
+them and calls the function) and it returns a tuple in the node's output order. The ComfyUI nodes (``nodes/``), ``vdm
 run`` and the ``vdm`` command call the same functions. Host services are keyword-only hooks:
 ``progress(done, total, preview)``, ``load_model_to_device(model, memory_required) -> network``,
 ``check_interrupt()``, ``resolve_path(model_name) -> path``.
@@ -30,6 +30,7 @@ from PIL import Image
 from torch import Tensor
 
 from .lib import checkpoint, data, tasks, video_io
+from . import spec
 from .spec import AUTO, BUNDLED_NAME, DEFAULT_FPS
 
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -269,24 +270,18 @@ def sprite_clip(seed: int, size: int, length: int, fps: float) -> tuple[Tensor, 
 # ---------------------------------------------------------------------------------------------- sampling
 
 
-class _CancelPoints(torch.nn.Module):
-    """The network with ``check()`` before every forward (every tile of every step): a host's cancel
-    button then works within one tile, not only between whole steps. ``config``/``device``/``dtype`` as
-    the network's, for vdm_core.tasks."""
+class _CancelPoints:
+    """The network with ``check()`` before every call (every tile of every step): a host's cancel button
+    then works within one tile, not only between whole steps. Everything else (``config``, ``device``,
+    ``space``, ``run``, …) is the network's, for vdm_core.tasks."""
 
-    def __init__(self, network: UNet3D, check: Callable[[], None]):
-        super().__init__()
-        self.network, self.check, self.config = network, check, network.config
+    def __init__(self, network, check: Callable[[], None]):
+        self.network, self.check = network, check
 
-    @property
-    def device(self) -> torch.device:
-        return self.network.device
+    def __getattr__(self, name: str):
+        return getattr(self.network, name)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.network.dtype
-
-    def forward(self, z: Tensor, phi: Tensor, **kwargs) -> Tensor:
+    def __call__(self, z: Tensor, phi: Tensor, **kwargs) -> Tensor:
         self.check()
         return self.network(z, phi, **kwargs)
 
@@ -320,10 +315,13 @@ def _normal_weights(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
-def _fallbacks(network: UNet3D, window: int | None, tile: int | None, multiplier: int):
+def _fallbacks(network, window: int | None, tile: int | None, multiplier: int):
     """Smaller (window, tile) settings to retry with after running out of memory: half the tile, then
-    half the window too (kept large enough to span two keyframes)."""
+    half the window too (kept large enough to span two keyframes). None for a model sampled in its host's
+    latent space (no tiles there; the host manages its memory)."""
     cfg = network.config
+    if getattr(network, "space", None) is not None:
+        return []
     w = window or cfg.frames
     t = tile or cfg.resolution
     out = []
@@ -332,6 +330,16 @@ def _fallbacks(network: UNet3D, window: int | None, tile: int | None, multiplier
         if w and w // 2 >= max(2, multiplier + 1):
             out.append((w // 2, t // 2))
     return out
+
+
+def native_size(network) -> tuple[int | None, int | None]:
+    """(frames, pixels) a network makes natively — its config's, in pixels for a latent-space model — or None."""
+    cfg, space = network.config, getattr(network, "space", None)
+    frames, side = cfg.frames, cfg.resolution
+    if space is not None:
+        frames = space.pixel_frames(frames) if frames else None
+        side = side * space.scale if side else None
+    return frames, side
 
 
 def sample_ddim_v(model: VDMModel, job: VDMJob | None, *, length: int, width: int, height: int, steps: int,
@@ -360,11 +368,14 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None, *, length: int, width: in
 
     def callback(done: int, total: int, x: Tensor) -> None:
         if progress is not None:
-            progress(done, total, _preview_frames(x))
+            progress(done, total, None if x is None else _preview_frames(x))  # latents: no preview
 
     if job is None:
-        cfg = model.network.config
-        shape = (length or cfg.frames, height or cfg.resolution, width or cfg.resolution)
+        frames, side = native_size(model.network)
+        shape = (length or frames, height or side, width or side)
+        for name, value in zip(("length", "height", "width"), shape):
+            if not value:
+                raise ValueError(f"Sample DDIM-v: {model.name} has no native {name}; set {name} (not 0)")
         window, tile, k = None, None, 1
     else:
         shape = job.job.output_shape()[1:]
@@ -374,7 +385,10 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None, *, length: int, width: in
 
     clip, oom = None, None
     with torch.inference_mode(False):
-        network = _normal_weights(load(model, estimate_memory(model.network, *shape)))
+        if hasattr(model.network, "run"):  # sampled in its host's session, which loads it (external.SigmaModel)
+            network = model.network
+        else:
+            network = _normal_weights(load(model, estimate_memory(model.network, *shape)))
         if check_interrupt is not None:
             network = _CancelPoints(network, check_interrupt)
         for win, til in settings:
@@ -402,3 +416,10 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None, *, length: int, width: in
     if job is None:
         return images, DEFAULT_FPS, None
     return images, job.output_fps, job.output_audio()
+
+
+def run_node(node_id: str, values: dict, *, options: dict[str, tuple[str, ...]] | None = None, **hooks) -> tuple:
+    """Run node ``node_id`` as every front end does: its inputs checked and completed with their defaults
+    (``spec.check_inputs``; ``options``: COMBO choices the host lists), then its function here called with
+    them and the host ``hooks``; returns its output tuple."""
+    return globals()[spec.NODES[node_id].function](**spec.check_inputs(node_id, values, options), **hooks)

@@ -3,7 +3,8 @@
 The ComfyUI V3 schemas (``nodes/``), ``vdm run``'s input checks (:func:`check_inputs`) and the ``vdm``
 command's flags (``vdm_app.cli``) are all built from :data:`NODES`, so a default cannot differ between
 the front ends. Each node's function (``vdm_app.jobs``) takes the inputs as keyword arguments named
-like the inputs; :func:`call` fills in the defaults, checks every value and calls it.
+like the inputs; ``jobs.run_node`` fills in the defaults, checks every value (:func:`check_inputs`) and
+calls it.
 """
 from __future__ import annotations
 
@@ -324,14 +325,6 @@ def check_inputs(node_id: str, values: dict, options: dict[str, tuple[str, ...]]
             raise InputError(node.display_name, inp.name, f"is not connected; connect a {inp.type} to it")
         out[inp.name] = value
     return out
-
-
-def call(node_id: str, values: dict, *, options: dict[str, tuple[str, ...]] | None = None, **hooks) -> tuple:
-    """Run node ``node_id``: its inputs checked and completed by :func:`check_inputs`, then its function in
-    :mod:`vdm_app.jobs` called with them and the host ``hooks``; returns its output tuple."""
-    from . import jobs
-
-    return getattr(jobs, NODES[node_id].function)(**check_inputs(node_id, values, options), **hooks)
 
 
 def flag_inputs(node_id: str) -> list[Input]:

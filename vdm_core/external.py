@@ -24,8 +24,8 @@ from torch import Tensor
 Denoise = Callable[[Tensor, Tensor], Tensor]
 """``D(x, sigma) → x̂0``: the model's clean prediction from its sampler state ``x`` (``[B, C, F, H, W]``) at
 noise levels ``sigma`` (``[B]``), conditioning and guidance scale applied by the host."""
-Session = Callable[[Callable[[], Tensor], tuple, list], Tensor]
-"""``session(fn, shape, sigmas) → fn()``: the host's context for one window's sampling (:meth:`SigmaModel.run`)."""
+Session = Callable[[Callable[[], Tensor], tuple], Tensor]
+"""``session(fn, shape) → fn()``: the host's context for one window's sampling (:meth:`SigmaModel.run`)."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,10 @@ class SigmaModel:
 
     ``scaling(σ) → (a, b)``: the x0 and ε coefficients of the model's sampler state; ``sigma_min/max``: its
     range (σ is kept inside it); ``sigmas(steps)``: its own grid, descending, ending in 0 or not.
-    ``session(fn, shape, sigmas)``: runs ``fn()`` — one window's sampling of latents ``shape``
-    (``[B, C, F, h, w]``) visiting the noise levels ``sigmas`` (descending, then 0) — inside the host's
-    sampling context and returns its result; the host sets :attr:`denoise` for the duration (default, no
-    session: ``fn()``, with ``denoise`` given). Callers go through :meth:`run`.
+    ``session(fn, shape)``: runs ``fn()`` — one window's sampling of a sample of ``shape``
+    ``[B, C, T, h, w]`` — inside the host's sampling context and returns its result; the host sets
+    :attr:`denoise` for the duration (default: ``fn()``, with ``denoise`` given). The noise levels the
+    window visits are :meth:`session_sigmas` (the host hands them to its own sampling machinery).
     ``space``: the model's :class:`LatentSpace` (None: it samples pixels). ``frames``/``resolution``: its
     native window (latent frames) and tile (latent pixels), None for "the whole clip"; ``channels``: of
     its samples. Sampling never clips x̂ to [-1, 1] (``clip_x``): latents are not images.
@@ -98,6 +98,7 @@ class SigmaModel:
         self.device = torch.device(device) if device is not None else None
         self.phi_min, self.phi_max = self.phi_of(max(self.sigma_min, 1e-12)), self.phi_of(self.sigma_max)
         self._grid: dict[float, float] = {}  # φ → σ of the grid points: no inversion error where sampling evaluates
+        self._last_grid: list[float] = []  # σ's of the last angles() grid, for the host's session
 
     def phi_of(self, sigma: float) -> float:
         """``φ = atan2(b, a)`` of noise level ``σ``."""
@@ -129,13 +130,15 @@ class SigmaModel:
         sig = [s for s in sig if s > 0]
         if not sig:
             raise ValueError("the model's schedule gave no noise levels above 0")
-        phis = []
+        phis, grid = [], []
         for s in sig:
             phi = self.phi_of(min(max(s, self.sigma_min), self.sigma_max))
             if phis and phi >= phis[-1]:
                 continue  # repeated levels (some schedulers end on the same σ twice)
             self._grid[phi] = s
             phis.append(phi)
+            grid.append(s)
+        self._last_grid = grid
         return phis + [phis[-1] / 2]
 
     def x0(self, z: Tensor, phi: float) -> Tensor:
@@ -153,19 +156,14 @@ class SigmaModel:
         p = min(max(p, self.phi_min), self.phi_max)
         return (math.cos(p) * z - self.x0(z, p)) / math.sin(p)
 
-    def session_sigmas(self, angles=None) -> list[float]:
-        """The noise levels a loop down ``angles`` (from :meth:`angles`) evaluates the model at — every angle
-        but the last, which is never evaluated — then 0, as a host's own sampler would be given them; without
-        ``angles``: ``[sigma_max, 0]``."""
-        if angles is None:
+    def session_sigmas(self) -> list[float]:
+        """The noise levels a loop down the grid of the last :meth:`angles` call evaluates the model at —
+        every angle but the last, which is never evaluated — then 0, as a host's own sampler would be given
+        them (``[sigma_max, 0]`` before any grid was made)."""
+        if not self._last_grid:
             return [self.sigma_max, 0.0]
-        phis = [float(p) for p in angles]
-        return [self.sigma_of(p) for p in phis[:-1]] + [0.0]
+        return [*self._last_grid, 0.0]
 
-    def run(self, fn: Callable[[], Tensor], shape, angles=None) -> Tensor:
-        """``fn()`` — one window's sampling of latents ``shape`` (``[B, C, F, h, w]``, the noise's shape) down
-        ``angles`` (the grid ``fn`` steps, from :meth:`angles`) — inside the host's session; returns ``fn()``'s
-        result."""
-        if self._session is None:
-            return fn()
-        return self._session(fn, tuple(int(n) for n in shape), self.session_sigmas(angles))
+    def run(self, fn: Callable[[], Tensor], shape: tuple) -> Tensor:
+        """``fn()`` — one window's sampling of a sample of ``shape`` — inside the host's session."""
+        return fn() if self._session is None else self._session(fn, tuple(int(n) for n in shape))

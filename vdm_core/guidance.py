@@ -186,6 +186,38 @@ def combine(exact: Observation, other: Observation) -> Observation:
     return Observation(y=y, operator=operator, num_frames=exact.num_frames, exact=exact, project=project)
 
 
+def operator_gain(operator: Callable[[Tensor], Tensor], x: Tensor, iters: int = 6, seed: int = 0) -> float:
+    """``‖J‖²``, the largest eigenvalue of ``JᵀJ`` for ``J = ∂A/∂x`` at ``x``: the gain of reconstruction
+    guidance on the observed values (``sampling.conditioned``). Power iteration ``v ← JᵀJ v``, with ``J v``
+    by a forward difference and ``Jᵀ u`` by autograd; exact for a linear ``A``."""
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(x.shape, generator=gen).to(x)
+    v = v / v.norm()
+    h = 1e-2 * max(1.0, float(x.detach().abs().mean()))
+    gain = 0.0
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.detach().clone()
+        base = operator(x).detach()
+        for _ in range(iters):
+            jv = (operator(x + h * v).detach() - base) / h
+            xx = x.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(operator(xx), xx, grad_outputs=jv)
+            gain = float(g.norm())
+            if gain == 0:
+                return 0.0
+            v = g / gain
+    return gain
+
+
+def scaled(observation: Observation, factor: float) -> Observation:
+    """The observation with ``y`` and ``A`` multiplied by ``√factor``: its term ``‖y − A(x)‖²`` in a sum of
+    observations (:func:`combine`) weighs ``factor`` times as much. Its projection, if any, is unchanged."""
+    r = factor ** 0.5
+    inner = observation.operator
+    return Observation(y=observation.y * r, operator=lambda x: inner(x) * r, num_frames=observation.num_frames,
+                       project=observation.project)
+
+
 def check_observation(observation: Observation, noise: Tensor) -> None:
     """Raise ``ValueError`` unless ``observation`` fits a sampling of ``noise`` (``[B, C, F, H, W]``)."""
     if not isinstance(observation, Observation):

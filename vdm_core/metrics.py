@@ -2,10 +2,12 @@
 
 * ``psnr``: ``10·log10(1 / MSE)`` on ``[0, 1]`` images, per clip.
 * ``ssim``: mean SSIM (Gaussian window σ = 1.5, 7×7, per frame and channel), per clip.
-* Sprite metrics use the generator's ground truth (colours, radii, centres): for sprite ``i`` with colour
-  ``c_i`` on background ``b``, the *mass* of pixel ``p`` is ``clamp(1 − ‖x(p) − c_i‖ / ‖c_i − b‖, 0, 1)``
-  (1 at the sprite's colour, 0 at the background's), counted only where ``x(p)`` is nearer to ``c_i``
-  than to the other sprites' colours (so two sprites of different colours do not mix).
+* Object metrics (:func:`object_errors`) use a generator's ground truth (colours, radii, centres, the
+  background without objects): for object ``i`` with colour ``c_i`` on background ``b(p)`` (one colour, or
+  per pixel for a textured one), the *mass* of pixel ``p`` is ``clamp(1 − ‖x(p) − c_i‖ / ‖c_i − b(p)‖, 0, 1)``
+  (1 at the object's colour, 0 at the background's), counted only where ``x(p)`` is nearer to ``c_i``
+  than to the other objects' colours (so two objects of different colours do not mix).
+  :func:`sprite_errors` is it for a moving-sprites v1 seed.
   - ``position error``: distance in pixels between the mass centroid and the true centre;
   - ``ghosting``: the share of the mass farther than ``1.5·r`` from the true centre (0 = one sharp
     sprite; a cross-fade between two positions scores about 0.5).
@@ -45,30 +47,50 @@ def ssim(x: Tensor, ref: Tensor) -> Tensor:
     return s.reshape(b, -1).mean(1).float()
 
 
-def sprite_errors(clip: Tensor, seed: int, frames: list[int]) -> tuple[float, float]:
-    """Mean position error (pixels) and mean ghosting over the sprites and the given frames of one
-    generated clip ``[3, F, H, W]`` of moving-sprites seed ``seed``."""
-    background, sprites = sprite_scene(seed)
-    centres = sprite_centres(seed, clip.shape[1])  # [S, F, 2] in [0, 1]
+def object_errors(clip: Tensor, centres, colours, radii, background, frames: list[int],
+                  visible=None, min_visible: float = 0.5) -> tuple[float, float]:
+    """Mean position error (pixels) and mean ghosting over the objects and ``frames`` of one clip
+    ``[3, F, H, W]`` (in ``[-1, 1]``), given the ground truth of the scene it should show.
+
+    ``centres``: ``[S, F, 2]`` true (x, y) centres in ``[0, 1]``; ``colours``: ``[S, 3]`` and
+    ``background``: a ``[3]`` colour or the ``[3, F, H, W]`` scene without its objects, both in ``[0, 1]``;
+    ``radii``: ``[S]`` in frame units (ghosting counts mass beyond ``1.5·radius``). ``visible``: optional
+    ``[S, F]`` share of each object not hidden by what is in front of it; object-frames below
+    ``min_visible`` are not scored. Returns ``(nan, nan)`` when nothing is scored.
+    """
     h, w = clip.shape[-2:]
     x = ((clip + 1) / 2).double()
+    centres = torch.as_tensor(np.asarray(centres), dtype=torch.float64)
+    cols = torch.as_tensor(np.asarray(colours), dtype=torch.float64)[:, :, None, None]  # [S, 3, 1, 1]
+    bg = torch.as_tensor(np.asarray(background), dtype=torch.float64)
+    bg = bg[:, None, None, None].expand(3, x.shape[1], h, w) if bg.ndim == 1 else bg
     ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
-    bg = torch.tensor(background, dtype=torch.float64)[:, None, None]
-    cols = torch.tensor([sp.colour for sp in sprites], dtype=torch.float64)[:, :, None, None]  # [S, 3, 1, 1]
     pos_err, ghost = [], []
-    for i, sp in enumerate(sprites):
-        contrast = float((cols[i] - bg).norm())
-        for f in frames:
-            dist = (x[None, :, f] - cols).norm(dim=1)  # [S, H, W]
-            mass = (1 - dist[i] / contrast).clamp(0, 1) * (dist.argmin(0) == i)
+    for f in frames:
+        dist = (x[None, :, f] - cols).norm(dim=1)  # [S, H, W]
+        nearest = dist.argmin(0)
+        for i in range(len(cols)):
+            if visible is not None and visible[i][f] < min_visible:
+                continue
+            contrast = (cols[i] - bg[:, f]).norm(dim=0).clamp(min=1e-3)  # [H, W]
+            mass = (1 - dist[i] / contrast).clamp(0, 1) * (nearest == i)
             total = float(mass.sum())
-            cx, cy = centres[i, f]
-            if total < 1e-6:  # the sprite vanished: count it as far away and fully ghosted
+            cx, cy = (float(c) for c in centres[i, f])
+            if total < 1e-6:  # the object vanished: count it as far away and fully ghosted
                 pos_err.append(float(np.hypot(h, w)) / 2)
                 ghost.append(1.0)
                 continue
             mx, my = float((mass * xs).sum()) / total, float((mass * ys).sum()) / total
             pos_err.append(float(np.hypot((mx - cx) * w, (my - cy) * h)))
-            far = ((xs - cx) ** 2 + (ys - cy) ** 2).sqrt() > 1.5 * sp.radius
+            far = ((xs - cx) ** 2 + (ys - cy) ** 2).sqrt() > 1.5 * float(radii[i])
             ghost.append(float(mass[far].sum()) / total)
+    if not pos_err:
+        return float("nan"), float("nan")
     return float(np.mean(pos_err)), float(np.mean(ghost))
+
+
+def sprite_errors(clip: Tensor, seed: int, frames: list[int]) -> tuple[float, float]:
+    """:func:`object_errors` of one generated clip ``[3, F, H, W]`` of moving-sprites (v1) seed ``seed``."""
+    background, sprites = sprite_scene(seed)
+    return object_errors(clip, sprite_centres(seed, clip.shape[1]), [sp.colour for sp in sprites],
+                         [sp.radius for sp in sprites], background, frames)

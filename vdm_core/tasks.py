@@ -35,9 +35,10 @@ from torch.utils.checkpoint import checkpoint
 from . import guidance, sampling
 from .schedule import sampling_angles
 
-Callback = Callable[[int, int, Tensor], None]
+Callback = Callable[[int, int, "Tensor | None"], None]
 """``callback(done, total, preview)``: ``done``/``total`` count tile-steps of the whole job (known up
-front); ``preview`` is x̂ of the current window, ``[C, F, H, W]`` in [-1, 1] on the CPU. Raising stops."""
+front); ``preview`` is x̂ of the current window, ``[C, F, H, W]`` in [-1, 1] on the CPU (None for a model
+that samples latents). Raising stops."""
 
 RANGE_EPS = 1e-3  # clip values may overshoot [-1, 1] by this much (rounding in conversions)
 
@@ -353,15 +354,24 @@ def default_guidance_weight(factor: int = 1) -> float:
     return guidance.DEFAULT_GUIDANCE_WEIGHT if factor == 1 else 4.0 * factor * factor
 
 
-def _execute(model, p: Plan, out: Tensor, low: Tensor | None, k: int, s: int, *, steps, eta, guidance_weight,
-             method, seed, callback, device=None) -> Tensor:
-    """Sample ``p``'s windows in order into ``out`` (CPU ``[C, F_out, H_out, W_out]``, known frames
-    already in place); ``low``: the low-resolution input, output frame i ↔ its frame ``i // k``."""
+def _angles(model, steps: int) -> list[float]:
+    """The step grid: the model's own (``model.angles(steps)``, e.g. ``external.SigmaModel``) or the pack's
+    cosine grid ``schedule.sampling_angles``."""
+    own = getattr(model, "angles", None)
+    return own(steps) if own is not None else sampling_angles(steps).tolist()
+
+
+def _execute(model, p: Plan, out: Tensor, observe: Callable[[Window], guidance.Observation | None], *, steps, eta,
+             weight, method, seed, callback, device) -> Tensor:
+    """Sample ``p``'s windows in order into ``out`` (CPU ``[C, F, H, W]`` in the model's space, known frames
+    already in place); ``observe(window)`` is what a window knows. A model that samples inside a host's
+    session (``model.run(fn, shape)``) gets each window's sampling as ``fn``. Pixel models (``model.clip_x``,
+    default True) have x̂ clipped to [-1, 1] and a preview; latents are neither clipped nor previewed."""
     _int("steps", steps, 1)
     _int("seed", seed, 0)
-    weight = default_guidance_weight(s) if guidance_weight is None else float(guidance_weight)
-    angles = sampling_angles(steps).tolist()
-    device = _device(model, device)
+    angles = _angles(model, steps)
+    pixels = getattr(model, "clip_x", True)
+    run = getattr(model, "run", None)
     net = TiledModel(model, p.rows, p.cols) if p.tiles > 1 else model
     c, _, h, w = p.shape
     total, per_step = p.total_steps(steps), p.tiles
@@ -373,11 +383,137 @@ def _execute(model, p: Plan, out: Tensor, low: Tensor | None, k: int, s: int, *,
         cb = None
         if callback is not None:
             def cb(step, _steps, x, done=done):
-                callback(done + step * per_step, total, x[0].detach().float().clamp(-1, 1).cpu())
-        x = sampling.sample(net, noise, angles, observation=_observation(win, out, low, k, s, device),
-                            method=method, guidance_weight=weight, eta=eta, generator=gen, callback=cb)
-        x = x[0].detach().float().cpu()
-        out[:, list(win.new)] = x[:, [j - win.start for j in win.new]].clamp(-1, 1)
+                callback(done + step * per_step, total, x[0].detach().float().clamp(-1, 1).cpu() if pixels else None)
+        obs = observe(win)
+
+        def window() -> Tensor:
+            return sampling.sample(net, noise, angles, observation=obs, method=method, guidance_weight=weight,
+                                   eta=eta, clip=pixels, generator=gen, callback=cb)
+
+        x = (window() if run is None else run(window, noise.shape))[0].detach().float().cpu()
+        x = x[:, [j - win.start for j in win.new]]
+        out[:, list(win.new)] = x.clamp(-1, 1) if pixels else x
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- latent models
+
+
+@dataclass(frozen=True)
+class PixelsKnown:
+    """Pixel frames a latent job knows: ``frames`` (output frame indices) with values ``values``
+    (``[3, len(frames), H/s, W/s]``, at ``1/s`` of the output's resolution)."""
+
+    frames: tuple[int, ...]
+    values: Tensor
+    factor: int = 1
+
+
+def _latent_plan(model, space, shape: tuple[int, int, int, int], *, window: int | None, context: int | None = None,
+                 overlap: int | None = None, made: int = 0, grid: bool = False) -> tuple[Tensor, Plan]:
+    """Latent buffer and time windows (in latent frames) for an output clip of pixel ``shape``: windows of
+    the model's native latent frame count (or ``window`` pixel frames), extension-style (``made`` latents
+    known first, ``context`` pixel frames of context) or, with ``grid``, overlapping (``overlap`` pixel
+    frames) like interpolation and upscaling. No spatial tiles: the decoder needs the whole frame."""
+    _, f, h, w = shape
+    s = space.scale
+    if h % s or w % s:
+        raise ValueError(f"the output frames are {w}×{h} pixels; this model's VAE needs width and height that are "
+                         f"multiples of {s} (e.g. {w // s * s or s}×{h // s * s or s}): resize the input first")
+    total = space.latent_frames(f)
+    native = getattr(getattr(model, "config", None), "frames", None)
+    win = space.latent_frames(_int("window", window, 1)) if window is not None else (native or total)
+    if grid:
+        ov = win // 4 if overlap is None else space.latent_frames(overlap) - 1
+        wins = _grid_windows(total, 1, win, min(ov, win - 1) if win > 1 else 0)
+    else:
+        ctx = win // 2 if context is None else space.latent_frames(context)
+        if total > win and not 1 <= ctx < win:
+            raise ValueError(f"context must be smaller than the window ({space.pixel_frames(win)} frames for this "
+                             f"model), got {context}")
+        wins = _extend_windows(made, total, win, ctx)
+    lat = torch.zeros((space.channels, total, h // s, w // s))
+    cols = ((0, w // s),)
+    return lat, Plan(tuple(lat.shape), _assign(wins, total, set(range(made)), set()), ((0, h // s),), cols)
+
+
+def _latent_observation(win: Window, lat: Tensor, space, known: PixelsKnown | None, device,
+                        auto_weight: float) -> guidance.Observation | None:
+    """What latent window ``win`` knows: latents known exactly (encoded input frames, or made by earlier
+    windows) selected, and the known pixel frames whose latent is new here through the decoder,
+    ``A(x) = degrade(decode(x))[frames]`` (``degrade``: area averaging by ``known.factor``). The window is
+    decoded on its own: its local frame ``j`` is output frame ``j + time·start``.
+
+    Pixels cannot be replaced in latent space, so their guidance must stay stable by itself (gain
+    ``w_r·‖J‖² < 2``, ``sampling.conditioned``), and a decoder's gain ``‖J‖²`` is nothing like a frame
+    selection's 1. The pixel term is therefore scaled by ``1/(auto_weight·‖J‖²)`` (``guidance.operator_gain``
+    at the zero latent): at the job's auto weight its gain is 1, and it grows in proportion to ``w_r``."""
+    n, exact, pixels = win.stop - win.start, None, None
+    if win.exact:
+        y = lat[:, list(win.exact)].unsqueeze(0).to(device)
+        exact = guidance.select_frames(y, tuple(i - win.start for i in win.exact), n)
+    if known is not None:
+        first = space.time * win.start
+        new = set(win.new)
+        idx = [i for i, f in enumerate(known.frames) if space.latent_of(f) in new and f >= first]
+        if idx:
+            local = [known.frames[i] - first for i in idx]
+            factor = known.factor
+
+            def operator(x: Tensor) -> Tensor:
+                img = space.decode(x)[:, :, local]
+                return guidance.area_downsample(img, factor) if factor > 1 else img
+
+            pixels = guidance.Observation(y=known.values[:, idx].unsqueeze(0).to(device), operator=operator,
+                                          num_frames=n)
+            zero = torch.zeros((1, *lat.shape[:1], n, *lat.shape[2:]), device=device)
+            gain = guidance.operator_gain(operator, zero)
+            if gain > 0:
+                pixels = guidance.scaled(pixels, 1.0 / (auto_weight * gain))
+    if exact is not None and pixels is not None:
+        return guidance.combine(exact, pixels)
+    return exact if exact is not None else pixels
+
+
+def _decoded(space, lat: Tensor, frames: int) -> Tensor:
+    """The finished latents decoded (``space.decode_final``) to ``[3, frames, H, W]`` in [-1, 1], on the CPU."""
+    with torch.no_grad():
+        clip = space.decode_final(lat.unsqueeze(0))[0]
+    return clip[:, :frames].detach().float().cpu().clamp(-1, 1)
+
+
+def _run_latent(model, space, job: Job, clip: Tensor, **sampling_kw) -> Tensor:
+    """``run`` for a model that samples latents (``external.LatentSpace``). Extension of a clip by a causal
+    encoder: its complete first ``1 + time·k`` frames are encoded once and known exactly as ``k + 1``
+    latents (replaced and guided as frames); every other known frame — the rest of the input, the
+    keyframes of interpolation, the low-resolution frames of upscaling — is observed in pixels through the
+    decoder. The output keeps the input frames unchanged where they are known at full resolution."""
+    c, f, h, w = clip.shape
+    shape = job.output_shape()
+    k, s = job.multiplier, job.factor
+    made = 0
+    if job.new_frames:
+        if space.causal and space.encode is not None:
+            made = (f - 1) // space.time + 1
+        rest = tuple(range(space.pixel_frames(made), f)) if made else tuple(range(f))
+        known = PixelsKnown(rest, clip[:, list(rest)]) if rest else None
+    else:
+        keys = tuple(range(0, shape[1], k))
+        known = PixelsKnown(keys, clip, s)
+    lat, p = _latent_plan(model, space, shape, window=job.window, context=job.context, overlap=job.overlap,
+                          made=made, grid=not job.new_frames)
+    if made:
+        with torch.no_grad():
+            prefix = clip[:, :space.pixel_frames(made)].unsqueeze(0).to(sampling_kw["device"])
+            lat[:, :made] = space.encode(prefix)[0, :, :made].detach().float().cpu()
+    device, auto = sampling_kw["device"], default_guidance_weight(s)
+    lat = _execute(model, p, lat, lambda win: _latent_observation(win, lat, space, known, device, auto),
+                   **sampling_kw)
+    out = _decoded(space, lat, shape[1])
+    if job.new_frames:
+        out[:, :f] = clip
+    elif s == 1:
+        out[:, ::k] = clip
     return out
 
 
@@ -392,10 +528,17 @@ def run(model, job: Job, *, steps: int = 50, eta: float = 0.0, guidance_weight: 
     ``method``: ``reconstruction`` | ``replacement`` | ``both``. ``both`` (VDM's): frames known exactly
     are replaced every step and the rest guided; frames known at low resolution are guided, then
     shifted so their block means equal the input (:func:`guidance.match_block_means`). Upscaling
-    needs guidance (not ``replacement``).
+    needs guidance (not ``replacement``). A model with a latent space (``model.space``,
+    ``external.LatentSpace``) samples latents and observes the pixels: :func:`_run_latent`.
     """
-    p = plan(model, job)
+    weight = default_guidance_weight(job.factor) if guidance_weight is None else float(guidance_weight)
+    device = _device(model, job.clip.device)
     clip = job.clip.detach().float().cpu()
+    space = getattr(model, "space", None)
+    if space is not None:
+        return _run_latent(model, space, job, clip, steps=steps, eta=eta, weight=weight, method=method, seed=seed,
+                           callback=callback, device=device)
+    p = plan(model, job)
     cfg = getattr(model, "config", None)
     if cfg is not None and getattr(cfg, "channels", clip.shape[0]) != clip.shape[0]:
         raise ValueError(f"the clip has {clip.shape[0]} channels but the model makes {cfg.channels}")
@@ -405,9 +548,9 @@ def run(model, job: Job, *, steps: int = 50, eta: float = 0.0, guidance_weight: 
         out[:, :f] = clip
     elif s == 1:
         out[:, ::k] = clip
-    return _execute(model, p, out, clip if s > 1 else None, k, s, steps=steps, eta=eta,
-                    guidance_weight=guidance_weight, method=method, seed=seed, callback=callback,
-                    device=job.clip.device)
+    low = clip if s > 1 else None
+    return _execute(model, p, out, lambda win: _observation(win, out, low, k, s, device), steps=steps, eta=eta,
+                    weight=weight, method=method, seed=seed, callback=callback, device=device)
 
 
 def generate(model, frames: int, height: int, width: int, *, channels: int | None = None, steps: int = 50,
@@ -421,10 +564,20 @@ def generate(model, frames: int, height: int, width: int, *, channels: int | Non
         channels = cfg_channels or 3
     elif cfg_channels is not None and channels != cfg_channels:
         raise ValueError(f"channels={channels} but the model makes {cfg_channels}")
+    weight = default_guidance_weight() if guidance_weight is None else float(guidance_weight)
+    sampling_kw = dict(steps=steps, eta=eta, weight=weight, method=method, seed=seed, callback=callback,
+                       device=_device(model, None))
+    space = getattr(model, "space", None)
+    if space is not None:
+        frames, height, width = (_int(n, v, 1) for n, v in (("frames", frames), ("height", height), ("width", width)))
+        lat, p = _latent_plan(model, space, (3, frames, height, width), window=window, context=context, made=0)
+        out = _execute(model, p, lat, lambda win: _latent_observation(win, lat, space, None, sampling_kw["device"],
+                                                                      weight), **sampling_kw)
+        return _decoded(space, out, frames)
     p = generate_plan(model, frames, height, width, channels=channels, context=context, window=window, tile=tile)
     out = torch.zeros(p.shape)
-    return _execute(model, p, out, None, 1, 1, steps=steps, eta=eta, guidance_weight=guidance_weight,
-                    method=method, seed=seed, callback=callback)
+    return _execute(model, p, out, lambda win: _observation(win, out, None, 1, 1, sampling_kw["device"]),
+                    **sampling_kw)
 
 
 def extend(model, clip: Tensor, new_frames: int, *, context: int | None = None, window: int | None = None,

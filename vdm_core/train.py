@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import checkpoint, distributed
 from .data import SPRITES_VERSION, SpriteClips, item_rng, item_seed
 from .footage import CROPS, ClipFolder, ImageFolder, WithImages
+from .motion import MotionMix
 from .schedule import phi_of_t, q_sample, v_target
 from .train_log import TrainLog
 from .unet3d import UNet3D, UNet3DConfig
@@ -50,7 +51,8 @@ class TrainConfig:
 
     out: str = field(metadata={"help": "checkpoint to write (.safetensors): EMA weights for inference plus "
                                        "the state to resume; rewritten atomically every --checkpoint-every steps"})
-    data: str = _opt("sprites", "'sprites' (procedural moving sprites) or a folder of clips "
+    data: str = _opt("sprites", "'sprites' (procedural moving sprites), 'motion' (procedural motion scenes "
+                                "mixed with the sprites, vdm_core.motion) or a folder of clips "
                                 "(.mp4 .webm .gif .mov .mkv .avi, sub-folders too)")
     size: int = _opt(16, "training resolution in pixels (square): clips are resized so the short side is "
                          "this, then cropped")
@@ -148,13 +150,15 @@ def ema_update(ema: UNet3D, model: UNet3D, decay: float) -> None:
 
 
 def make_dataset(cfg: TrainConfig, seed: int, split: str = "all"):
-    """The endless clips of ``cfg.data`` (item ``n`` depends on ``seed`` and ``n`` only): ``"sprites"``, or a
-    folder of clips. ``split``: ``"all"``, or ``"train"`` / ``"val"`` (a folder's held-out clips, the
-    sprites' val split)."""
+    """The endless clips of ``cfg.data`` (item ``n`` depends on ``seed`` and ``n`` only): ``"sprites"``,
+    ``"motion"``, or a folder of clips. ``split``: ``"all"``, or ``"train"`` / ``"val"`` (a folder's
+    held-out clips, the procedural data's val split)."""
     if cfg.data == "sprites":
         return SpriteClips(cfg.size, cfg.frames, seed=seed, split="val" if split == "val" else "train")
+    if cfg.data == "motion":
+        return MotionMix(cfg.size, cfg.frames, seed=seed, split="val" if split == "val" else "train")
     if not Path(cfg.data).exists():
-        raise FileNotFoundError(f"--data {cfg.data!r} is neither 'sprites' nor an existing folder of clips")
+        raise FileNotFoundError(f"--data {cfg.data!r} is neither 'sprites', 'motion' nor an existing folder of clips")
     return ClipFolder(cfg.data, cfg.size, cfg.frames, stride=cfg.stride, seed=seed, crop=cfg.crop, split=split,
                       val_fraction=cfg.val_fraction)
 
@@ -252,7 +256,8 @@ def _train(cfg: TrainConfig, group: distributed.Group, log) -> Path:
         if world > 1 else model
     forward = torch.compile(ddp) if cfg.compile else ddp
     facts = {
-        "data": {"sprites": f"moving sprites v{SPRITES_VERSION}"}.get(cfg.data, cfg.data),
+        "data": {"sprites": f"moving sprites v{SPRITES_VERSION}", "motion": MotionMix.description}.get(cfg.data,
+                                                                                                    cfg.data),
         "resolution": cfg.size, "frames": cfg.frames, "seed": seed, "batch": cfg.batch,
         "lr": cfg.lr, "target": "v", "schedule": "cosine, log-SNR [-20, 20]",
     }

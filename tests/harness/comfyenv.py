@@ -4,7 +4,8 @@ venv: ``$COMFY_HOME/venv/bin/python tests/harness/<script>.py``.
 
 ``COMFY_HOME`` (default /work/comfy/h033) holds ``ComfyUI/`` (shared/tools/comfyhost/setup.sh makes it).
 Import this module before anything of ComfyUI: it puts ``$COMFY_HOME/ComfyUI`` first on ``sys.path`` and
-lets ComfyUI parse ``--cpu`` (plus ``$COMFY_ARGS``) as its command line.
+lets ComfyUI parse ``--cpu`` (plus ``$COMFY_ARGS``) as its command line; ``COMFY_GPU=1`` leaves ``--cpu``
+out (ComfyUI then uses the GPU it finds).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ if str(COMFY) not in sys.path:
     sys.path.insert(0, str(COMFY))
 
 _argv = sys.argv
-sys.argv = [_argv[0], "--cpu", *os.environ.get("COMFY_ARGS", "").split()]
+sys.argv = [_argv[0], *([] if os.environ.get("COMFY_GPU") == "1" else ["--cpu"]), *os.environ.get("COMFY_ARGS", "").split()]
 import comfy.options  # noqa: E402
 
 comfy.options.enable_args_parsing()

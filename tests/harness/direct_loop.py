@@ -1,5 +1,5 @@
 """The Use ComfyUI Model node in the real ComfyUI, driven by a direct loop (no job nodes): ComfyUI's own
-loaders → VDM_FromComfyModel → ``sigma_model.run(lambda: vdm_core.sampling.sample(...), shape, angles)``
+loaders → VDM_FromComfyModel → ``sigma_model.run(lambda: vdm_core.sampling.sample(...), shape)``
 under ``torch.inference_mode()`` as a node runs, with
 
 * a latent observation (the first 1 + 4·m frames encoded once by the causal Wan VAE, ``space.encode``), and
@@ -47,7 +47,8 @@ def sample(sm, noise, angles, obs, w, sampling):
                                clip=False, callback=lambda i, n, x: marks.append(time.perf_counter()))
 
     with comfyenv.PeakRSS() as mem, torch.inference_mode():
-        x = sm.run(fn, noise.shape, angles)
+        sm.angles(len(angles) - 1)  # the grid of this model's last angles() is what its session hands ComfyUI
+        x = sm.run(fn, noise.shape)
     steps = [b - a for a, b in zip(marks, marks[1:])]
     return x, steps, mem.added
 
@@ -134,7 +135,7 @@ def wan_checks(args, node, mods, report):
     try:
         with torch.inference_mode():
             sm.run(lambda: sampling.sample(cancelling, noise, angles, observation=obs, guidance_weight=4.0, clip=False),
-                   noise.shape, angles)
+                   noise.shape)
         cancelled = "not raised"
     except BaseException as e:  # noqa: BLE001 — 0.33's InterruptProcessingException is a BaseException
         cancelled = type(e).__name__

@@ -1,0 +1,157 @@
+"""Speed and memory of guided sampling through Use ComfyUI Model, in the real ComfyUI: time per step and peak
+resident memory for unguided / latent-guided / pixel-guided steps, with and without per-block
+checkpointing, on random-weight models of the real architectures. Each configuration runs in a fresh
+process (peak memory is then that configuration's alone).
+
+Models:
+* ``wan1.3b``: Wan 2.1 T2V 1.3B's real configuration (dim 1536, ffn 8960, 30 blocks, 12 heads; 1.42 B
+  parameters) with random weights, built in memory and loaded by ComfyUI's own
+  ``comfy.sd.load_diffusion_model_state_dict`` (detected as WAN21, flow shift 8), plus a random Wan 2.1
+  VAE of the real width (dim 96) for pixel observations. No file needed.
+* ``wan-tiny``: the tiny Wan 2.1 of make_models.py (dim 128, 2 blocks) with the smallest VAE the release
+  builds (dim 8 on 0.33, dim 96 on 0.3.64), from MODELS_DIR.
+
+Modes: ``none`` (w_r 0: no gradient), ``latent`` (the first latent frame observed: no decoder),
+``pixel`` (every other frame observed through the VAE decoder). The guided steps use reconstruction
+guidance at w_r 1.
+
+usage (one configuration):
+  $COMFY_HOME/venv/bin/python tests/harness/bench_comfy.py one --model wan1.3b --frames 9 --size 64 \\
+      --mode pixel [--checkpointing] [--steps 2] [--models MODELS_DIR] [--device cuda --dtype bf16]
+usage (a table of them, each in its own process):
+  $COMFY_HOME/venv/bin/python tests/harness/bench_comfy.py table --model wan1.3b --frames 9 --size 64 \\
+      [--modes none latent pixel] [--steps 2] [--json OUT]
+
+On a GPU (not available where this was written) the same script measures the real size, e.g.
+``one --model wan1.3b --frames 33 --width 832 --height 480 --mode latent --device cuda --dtype bf16``;
+it then also reports ``torch.cuda.max_memory_allocated``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_one(a) -> dict:
+    if a.device == "cuda":
+        os.environ["COMFY_GPU"] = "1"  # comfyenv leaves --cpu out: ComfyUI takes the GPU
+    import comfyenv
+    import torch
+
+    import comfy.ldm.wan.model
+    import comfy.sd
+    import nodes as comfy_nodes
+    import make_models
+
+    node = comfyenv.load_pack()["VDM_FromComfyModel"]
+    root = next(k for k in sys.modules if k.endswith(".nodes.comfy_model")).rsplit(".nodes.", 1)[0]
+    sampling, guidance = sys.modules[f"{root}.vdm_core.sampling"], sys.modules[f"{root}.vdm_core.guidance"]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype] if a.dtype else None
+    t0 = time.time()
+    with torch.inference_mode():
+        if a.model == "wan1.3b":
+            meta = comfy.ldm.wan.model.WanModel(**make_models.WAN_1_3B, device="meta", dtype=torch.float32,
+                                                operations=make_models.OPS)
+            sd = {k: torch.zeros(v.shape) for k, v in meta.state_dict().items()}  # zero pages: no memory until written
+            mp = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype} if dtype else {})
+            del sd, meta
+            make_models.randomize(mp.model.diffusion_model, 0)  # in place, inside inference mode as loaded
+            vae = comfy.sd.VAE(sd=make_models.state_dict(make_models.wan_vae(96))) if a.mode == "pixel" else None
+        else:
+            comfyenv.use_models(a.models)
+            (mp,) = comfy_nodes.UNETLoader().load_unet("vdm_test_wan21_tiny.safetensors", "default")
+            (vae,) = comfy_nodes.VAELoader().load_vae("vdm_test_wan21_vae.safetensors")
+        vdm = node.execute(model=mp, vae=vae, cfg=1.0, checkpointing=a.checkpointing).args[0]
+    load_s = time.time() - t0
+    sm = vdm.network
+    space = sm.space
+    time_c, scale = (space.time, space.scale) if space is not None else (4, 8)
+    width, height = a.width or a.size, a.height or a.size
+    t = 1 + (a.frames - 1) // time_c
+    shape = (1, 16, t, height // scale, width // scale)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    angles = sm.angles(a.steps)
+    if a.mode == "latent":
+        obs = guidance.select_frames(torch.zeros(1, 16, 1, *shape[3:]), (0,), t)
+    elif a.mode == "pixel":
+        frames = list(range(0, a.frames, 2))
+        y = torch.zeros(1, 3, len(frames), height, width)
+        obs = guidance.Observation(y=y, operator=lambda x: space.decode(x)[:, :, frames], num_frames=t)
+    else:
+        obs = None
+    marks = []
+
+    def fn():
+        marks.append(time.perf_counter())
+        return sampling.sample(sm, noise.to(sm.device), angles, observation=obs, method="reconstruction",
+                               guidance_weight=0.0 if a.mode == "none" else 1.0, clip=False,
+                               callback=lambda i, n, x: marks.append(time.perf_counter()))
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    base = comfyenv.rss_mb()
+    with comfyenv.PeakRSS() as mem, torch.inference_mode():
+        x = sm.run(fn, shape)
+    steps = [b - c for c, b in zip(marks, marks[1:])]
+    out = dict(comfyui=comfyenv.version(), model=a.model, frames=a.frames, width=width, height=height,
+               latent=list(shape), mode=a.mode, checkpointing=a.checkpointing, steps=a.steps, device=str(sm.device),
+               dtype=str(mp.model.get_dtype()), params_m=sum(p.numel() for p in mp.model.diffusion_model.parameters()) / 1e6,
+               load_s=load_s, step_s=statistics.median(steps), first_step_s=steps[0], rss_before_mb=base,
+               rss_peak_added_mb=mem.peak - base, finite=bool(torch.isfinite(x).all()))
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=("one", "table"))
+    ap.add_argument("--model", default="wan-tiny", choices=("wan1.3b", "wan-tiny"))
+    ap.add_argument("--models", default="/work/comfy/wt10_base033/models")
+    ap.add_argument("--frames", type=int, default=9)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--height", type=int)
+    ap.add_argument("--mode", default="latent", choices=("none", "latent", "pixel"))
+    ap.add_argument("--modes", nargs="+", default=["none", "latent", "pixel"])
+    ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    if a.what == "one":
+        print(json.dumps(run_one(a)), flush=True)
+        return
+    rows = []
+    for mode in a.modes:
+        for ckpt in ([False] if mode == "none" else [False, True]):
+            cmd = [sys.executable, os.path.abspath(__file__), "one", "--model", a.model, "--models", a.models,
+                   "--frames", str(a.frames), "--size", str(a.size), "--mode", mode, "--steps", str(a.steps),
+                   "--device", a.device] + (["--checkpointing"] if ckpt else []) + \
+                  (["--width", str(a.width)] if a.width else []) + (["--height", str(a.height)] if a.height else []) + \
+                  (["--dtype", a.dtype] if a.dtype else [])
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((ln for ln in reversed(res.stdout.splitlines()) if ln.startswith("{")), None)
+            if line is None:
+                print(f"{mode} ckpt={ckpt}: FAILED\n{res.stderr[-2000:]}", flush=True)
+                continue
+            r = json.loads(line)
+            rows.append(r)
+            print(f"| {r['model']} | {r['comfyui']} | {r['frames']}×{r['width']}×{r['height']} → {r['latent']} | {mode} | "
+                  f"{'yes' if ckpt else 'no'} | {r['step_s']:.3f} s | +{r['rss_peak_added_mb']:.0f} MB |", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, HERE)
+    main()
