@@ -10,7 +10,9 @@ observes pixels through the decoder. ComfyUI's VAE works on raw latents (``VAE.e
   then ``vae.first_stage_model.decode`` directly — ``VAE.decode`` clamps (zero gradient outside [0, 1]),
   loads the VAE on its own and has no gradient once it tiles. Output ``[B, 3, F, H, W]`` in [-1, 1]
   unclamped. The session (nodes/comfy_session.py) has loaded the decoder with the model and made its
-  weights usable by autograd;
+  weights usable by autograd. Called outside a session (``vdm_core.tasks`` probes the decoder's gain before a
+  window), it loads the VAE and readies its weights itself — between windows, where no model call is in
+  flight;
 * ``decode_final`` (after sampling, no gradient): ``VAE.decode``, or ``VAE.decode_tiled`` in temporal tiles
   for long clips;
 * ``encode``: ``VAE.encode`` of the pixels, then ``process_latent_in``.
@@ -23,9 +25,11 @@ diffusionmodules/model.py ``VideoConv3d``: causal by construction, not measured 
 """
 from __future__ import annotations
 
+import comfy.model_management as mm
 import torch
 
 from ..vdm_core import external
+from .comfy_session import autograd_safe
 
 CAUSAL_VAES = {"WanVAE", "VideoVAE"}
 """``first_stage_model`` classes with a causal encoder: Wan 2.1/2.2 (``WanVAE``) and LTX-Video (``VideoVAE``)."""
@@ -82,6 +86,9 @@ def vae_space(vae, base_model, session, *, native_latents: int | None = None) ->
                                "inside use decode")
 
     def decode(x: torch.Tensor) -> torch.Tensor:
+        if not session.active:  # e.g. probing the decoder's gain before a window: ready it here, nothing runs now
+            mm.load_models_gpu([vae.patcher], memory_required=int(3 * vae.memory_used_decode(x.shape, vae.vae_dtype)))
+            autograd_safe(vae.first_stage_model)
         raw = un_normalise(x).to(device=vae.device, dtype=vae.vae_dtype)
         return vae.first_stage_model.decode(raw).to(device=x.device, dtype=torch.float32)
 

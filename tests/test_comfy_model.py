@@ -437,6 +437,12 @@ def test_the_vae_latent_space(pack):
     raw = fmt.process_out(x)
     assert img.shape == (1, 3, 9, 4, 10) and torch.allclose(img, vae.first_stage_model.decode(raw), atol=1e-6)
     assert torch.isfinite(g).all() and g.abs().sum() > 0  # through decoder weights made in inference mode
+    with torch.enable_grad():  # outside a session (tasks probes the decoder's gain there): readies the VAE itself
+        vae2 = StandInVAE(stubs)
+        outside = node(pack, model=load_model(stubs), vae=vae2).network.space
+        xx = x.clone().requires_grad_()
+        (g2,) = torch.autograd.grad(outside.decode(xx).sum(), xx)
+    assert torch.isfinite(g2).all() and not any(p.is_inference() for p in vae2.first_stage_model.parameters())
     final = space.decode_final(x)
     assert torch.allclose(final, img.clamp(-1, 1), atol=1e-6)
     clip = torch.rand(1, 3, 5, 4, 10) * 2 - 1
