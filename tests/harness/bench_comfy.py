@@ -15,9 +15,10 @@ Modes: ``none`` (w_r 0: no gradient), ``latent`` (the first latent frame observe
 ``pixel`` (every other frame observed through the VAE decoder). The guided steps use reconstruction
 guidance at w_r 1.
 
-usage (one configuration):
+usage (one configuration, or --modes on one loaded model, each with and without checkpointing):
   $COMFY_HOME/venv/bin/python tests/harness/bench_comfy.py one --model wan1.3b --frames 9 --size 64 \\
-      --mode pixel [--checkpointing] [--steps 2] [--models MODELS_DIR] [--device cuda --dtype bf16]
+      --mode pixel [--checkpointing] [--modes none latent pixel] [--steps 2] [--models MODELS_DIR] \\
+      [--device cuda --dtype bf16]
 usage (a table of them, each in its own process):
   $COMFY_HOME/venv/bin/python tests/harness/bench_comfy.py table --model wan1.3b --frames 9 --size 64 \\
       [--modes none latent pixel] [--steps 2] [--json OUT]
@@ -62,15 +63,32 @@ def run_one(a) -> dict:
             sd = {k: torch.zeros(v.shape) for k, v in meta.state_dict().items()}  # zero pages: no memory until written
             mp = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype} if dtype else {})
             del sd, meta
-            make_models.randomize(mp.model.diffusion_model, 0)  # in place, inside inference mode as loaded
-            vae = comfy.sd.VAE(sd=make_models.state_dict(make_models.wan_vae(96))) if a.mode == "pixel" else None
+            make_models.randomize(mp.model.diffusion_model, 0, in_place=True)  # inside inference mode, as loaded
+            pixel = "pixel" in (a.modes or [a.mode])
+            vae = comfy.sd.VAE(sd=make_models.state_dict(make_models.wan_vae(96))) if pixel else None
         else:
             comfyenv.use_models(a.models)
             (mp,) = comfy_nodes.UNETLoader().load_unet("vdm_test_wan21_tiny.safetensors", "default")
             (vae,) = comfy_nodes.VAELoader().load_vae("vdm_test_wan21_vae.safetensors")
-        vdm = node.execute(model=mp, vae=vae, cfg=1.0, checkpointing=a.checkpointing).args[0]
+        models = {ck: node.execute(model=mp, vae=vae, cfg=1.0, checkpointing=ck).args[0] for ck in (False, True)}
     load_s = time.time() - t0
-    sm = vdm.network
+    runs = [(m, ck) for m in a.modes for ck in ((False,) if m == "none" else (False, True))] if a.modes else \
+        [(a.mode, a.checkpointing)]
+    return [measure(a, models[ck].network, mode, ck, mp, load_s, sampling, guidance, comfyenv, torch)
+            for mode, ck in runs]
+
+
+def measure(a, sm, mode, checkpointing, mp, load_s, sampling, guidance, comfyenv, torch) -> dict:
+    """One configuration on an already loaded model; freed memory is handed back to the OS first
+    (malloc_trim), so the peak is this configuration's."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     space = sm.space
     time_c, scale = (space.time, space.scale) if space is not None else (4, 8)
     width, height = a.width or a.size, a.height or a.size
@@ -78,9 +96,9 @@ def run_one(a) -> dict:
     shape = (1, 16, t, height // scale, width // scale)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     angles = sm.angles(a.steps)
-    if a.mode == "latent":
+    if mode == "latent":
         obs = guidance.select_frames(torch.zeros(1, 16, 1, *shape[3:]), (0,), t)
-    elif a.mode == "pixel":
+    elif mode == "pixel":
         frames = list(range(0, a.frames, 2))
         y = torch.zeros(1, 3, len(frames), height, width)
         obs = guidance.Observation(y=y, operator=lambda x: space.decode(x)[:, :, frames], num_frames=t)
@@ -91,7 +109,7 @@ def run_one(a) -> dict:
     def fn():
         marks.append(time.perf_counter())
         return sampling.sample(sm, noise.to(sm.device), angles, observation=obs, method="reconstruction",
-                               guidance_weight=0.0 if a.mode == "none" else 1.0, clip=False,
+                               guidance_weight=0.0 if mode == "none" else 1.0, clip=False,
                                callback=lambda i, n, x: marks.append(time.perf_counter()))
 
     if torch.cuda.is_available():
@@ -101,13 +119,18 @@ def run_one(a) -> dict:
         x = sm.run(fn, shape)
     steps = [b - c for c, b in zip(marks, marks[1:])]
     out = dict(comfyui=comfyenv.version(), model=a.model, frames=a.frames, width=width, height=height,
-               latent=list(shape), mode=a.mode, checkpointing=a.checkpointing, steps=a.steps, device=str(sm.device),
+               latent=list(shape), mode=mode, checkpointing=checkpointing, steps=a.steps, device=str(sm.device),
                dtype=str(mp.model.get_dtype()), params_m=sum(p.numel() for p in mp.model.diffusion_model.parameters()) / 1e6,
                load_s=load_s, step_s=statistics.median(steps), first_step_s=steps[0], rss_before_mb=base,
                rss_peak_added_mb=mem.peak - base, finite=bool(torch.isfinite(x).all()))
     if torch.cuda.is_available():
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     return out
+
+
+def row(r: dict) -> str:
+    return (f"| {r['model']} | {r['comfyui']} | {r['frames']}×{r['width']}×{r['height']} → {r['latent']} | {r['mode']} | "
+            f"{'yes' if r['checkpointing'] else 'no'} | {r['step_s']:.3f} s | +{r['rss_peak_added_mb']:.0f} MB |")
 
 
 def main():
@@ -120,7 +143,8 @@ def main():
     ap.add_argument("--width", type=int)
     ap.add_argument("--height", type=int)
     ap.add_argument("--mode", default="latent", choices=("none", "latent", "pixel"))
-    ap.add_argument("--modes", nargs="+", default=["none", "latent", "pixel"])
+    ap.add_argument("--modes", nargs="+", help="one: several modes (each with and without checkpointing) on one "
+                    "loaded model; table: the modes to run, each in its own process (default all)")
     ap.add_argument("--checkpointing", action="store_true")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -128,10 +152,12 @@ def main():
     ap.add_argument("--json")
     a = ap.parse_args()
     if a.what == "one":
-        print(json.dumps(run_one(a)), flush=True)
+        for r in run_one(a):
+            print(json.dumps(r), flush=True)
+            print(row(r), file=sys.stderr, flush=True)
         return
     rows = []
-    for mode in a.modes:
+    for mode in a.modes or ["none", "latent", "pixel"]:
         for ckpt in ([False] if mode == "none" else [False, True]):
             cmd = [sys.executable, os.path.abspath(__file__), "one", "--model", a.model, "--models", a.models,
                    "--frames", str(a.frames), "--size", str(a.size), "--mode", mode, "--steps", str(a.steps),
@@ -145,8 +171,7 @@ def main():
                 continue
             r = json.loads(line)
             rows.append(r)
-            print(f"| {r['model']} | {r['comfyui']} | {r['frames']}×{r['width']}×{r['height']} → {r['latent']} | {mode} | "
-                  f"{'yes' if ckpt else 'no'} | {r['step_s']:.3f} s | +{r['rss_peak_added_mb']:.0f} MB |", flush=True)
+            print(row(r), flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -63,14 +63,18 @@ space), a res block first in the decoder (ComfyUI recognises the VAE by decoder.
 TEMPLATE_NAMES = {"wan": "wan2.1_t2v_1.3B_fp16.safetensors", "wan_vae": "wan_2.1_vae.safetensors"}
 
 
-def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+def randomize(module: torch.nn.Module, seed: int, in_place: bool = False) -> torch.nn.Module:
     """Seeded weights: fan-in scaled normals for matrices and kernels, ones for norm gains, zeros for biases,
-    small normals for modulation tables and the rest."""
+    small normals for modulation tables and the rest. ``in_place``: draw the matrices straight into the
+    parameters (no temporary; other numbers than the default, for large models)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
             if p.ndim >= 2 and "modulation" not in name and "scale_shift_table" not in name:
+                if in_place and p.device.type == "cpu":
+                    p.normal_(0.0, 1 / math.sqrt(p[0].numel()), generator=g)
+                    continue
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
             elif leaf == "gamma" or ("norm" in name and leaf == "weight"):
                 p.fill_(1.0)

@@ -8,7 +8,9 @@ It starts its own server — ``$COMFY_HOME/ComfyUI/main.py --cpu --port PORT --b
 
 * the node's definition in ``/object_info``;
 * every job on tiny Wan 2.1 (and extension on tiny LTX-Video): frame count and size of the saved video;
-* guidance: the job's error against what is known or true, at w_r 0, 4 and auto (the job's own weight) —
+* guidance: the job's error against what is known or true (checked to fall for upscaling only, see below),
+  at w_r 0, auto (the job's own weight, −1) and
+  250 and 1000, the widget's maximum (on these random-weight models auto pulls little: tests/harness/README.md) —
   upscaling: the output's area average against the low-resolution input (the observation itself);
   interpolation: the new frames against the true in-between frames; extension of 7 frames (1 + 4 + 2:
   the last 2 observed in pixels) and of 9 frames (1 + 4·2: all known as latents): the new frames
@@ -17,7 +19,8 @@ It starts its own server — ``$COMFY_HOME/ComfyUI/main.py --cpu --port PORT --b
 * memory: the server's resident memory after the prompts, and after ``POST /free`` (models unloaded),
   against its memory before them (nothing of ours should keep tensors alive).
 
-usage: $COMFY_HOME/venv/bin/python tests/harness/server_e2e.py BASE [--port 8293] [--steps 4] [--json OUT]
+usage: $COMFY_HOME/venv/bin/python tests/harness/server_e2e.py BASE [--port 8293] [--steps 6]
+           [--weights 0 -1 250 1000] [--json OUT]
 """
 from __future__ import annotations
 
@@ -161,8 +164,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("base", type=Path)
     ap.add_argument("--port", type=int, default=8293)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 4.0, -1.0])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.0, -1.0, 250.0, 1000.0])
     ap.add_argument("--json")
     a = ap.parse_args()
     report, fails = {"comfy_home": str(HOME), "steps": a.steps, "jobs": []}, []
@@ -208,18 +211,19 @@ def main():
             nodes = {"35": {"class_type": "VDM_SpriteClip", "inputs": {"seed": 1, "size": 32, "length": known, "fps": 8.0}},
                      **job("extend", ["35", 0], ["35", 1])}
             cases.append((name, "wan", nodes, (3, known + 8, 32, 32),
-                          lambda out, known=known: mae(out[:, known:], truth_e[:, known:known + 8]), known == 7))
+                          lambda out, known=known: mae(out[:, known:], truth_e[:, known:known + 8]), False))
         cases.append(("interpolate", "wan", {**clip_nodes(interp_in), **job("interpolate", ["32", 0], ["32", 2])},
-                      (3, 9, 32, 32), lambda out: mae(out[:, 1::2], truth_i[:, 1::2]), True))
+                      (3, 9, 32, 32), lambda out: mae(out[:, 1::2], truth_i[:, 1::2]), False))
         cases.append(("upscale", "wan", {**clip_nodes(low_in), **job("upscale", ["32", 0], ["32", 2])},
                       (3, 9, 32, 32), lambda out: mae(guidance.area_downsample(out[None], 2)[0], got_l), True))
         cases.append(("generate", "wan", {}, (3, 9, 32, 32), None, False))
         cases.append(("ltxv_extend9", "ltxv", {"35": {"class_type": "VDM_SpriteClip", "inputs": {
             "seed": 1, "size": 64, "length": 9, "fps": 8.0}}, **job("extend", ["35", 0], ["35", 1])},
             (3, 17, 64, 64), None, False))
-        # expect_drop: where guidance reaches the measured frames (the observation itself, or frames decoded
-        # from latents that also hold observed frames); the 9-frame extension knows its 3 latents exactly and
-        # a random model predicts nothing about the continuation: reported, not checked
+        # expect_drop: only where the saved video shows the observation itself (upscaling: its area average).
+        # Extension and interpolation copy the known frames into the output, so their error is measured on
+        # the new frames against the truth — which a random-weight model cannot predict: reported, not checked
+        # (tests/harness/direct_loop.py measures their observation error inside the loop)
         for name, model, nodes, shape, metric, expect_drop in cases:
             model_nodes, ref = wan_model() if model == "wan" else ltxv_model()
             weights = a.weights if metric is not None else [-1.0]
