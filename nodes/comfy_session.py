@@ -9,8 +9,9 @@ the conditionings, applies hooks and patches, loads the model through its memory
 window's loop (``fn``). The guider's return value (``process_latent_out`` of it) is ignored: the session
 returns ``fn()``'s latents in the model's own normalisation, what ``vdm_core`` samples.
 
-What else the session does, in order, all undone in ``finally`` (research and measurements:
-/work/proto10/REPORT.md §2, §4, §6):
+What else the session does, in order, all undone in ``finally`` (measured in the real ComfyUI by
+tests/harness/direct_loop.py and server_e2e.py; ComfyUI: execution.py runs nodes under
+``torch.inference_mode()``, comfy/model_management.py ``load_models_gpu`` / ``in_training``):
 
 * one ``comfy.model_management.load_models_gpu([model, vae.patcher], memory_required=…)`` with a rough
   forward+backward estimate, before the first model call, so the VAE's decoder (pixel observations)
@@ -50,7 +51,8 @@ BLOCK_LISTS = ("blocks", "transformer_blocks", "double_blocks", "single_blocks",
 ``double_blocks``/``single_blocks``)."""
 INPLACE_ERROR = "modified by an inplace operation"
 INPLACE_MODELS = ("LTXV", "LTXAV")
-"""``comfy.model_base`` classes whose diffusion model updates saved activations in place (REPORT §4)."""
+"""``comfy.model_base`` classes (and their subclasses) whose diffusion model updates saved activations in
+place (comfy/ldm/lightricks/model.py: ``x += …``, ``addcmul_`` on tensors autograd saved)."""
 
 
 # ---------------------------------------------------------------------------------------------- tensors
@@ -234,7 +236,7 @@ class ComfySession:
         self.patcher, self.positive, self.negative, self.cfg = patcher, positive, negative, float(cfg)
         self.vae, self.checkpointing, self.memory = vae, bool(checkpointing), memory
         self.target = None
-        self.functionalize = type(patcher.model).__name__ in INPLACE_MODELS
+        self.functionalize = bool({c.__name__ for c in type(patcher.model).__mro__} & set(INPLACE_MODELS))
         self.active = False
         self.stats = {"sessions": 0, "cloned": 0, "cloned_conds": 0}
 

@@ -1,8 +1,8 @@
 """Test doubles of ComfyUI's ``model_sampling`` objects and of ``calculate_sigmas(…, "simple", …)``, and an
 exact Gaussian oracle wrapped as a ComfyUI model of each prediction type.
 
-Written from the documented formulas (shared/comfy-models.md §1, /work/proto10/REPORT.md §1; ComfyUI's own
-definitions live in comfy/model_sampling.py and comfy/samplers.py), not copied. σ_data is 1 throughout.
+Written from the formulas below (our own code; ComfyUI's definitions live in comfy/model_sampling.py and
+comfy/samplers.py, not copied). σ_data is 1 throughout.
 
 Prediction types — the sampler state ``x`` at noise level σ, what the network is given, and how its
 output becomes x̂0:
