@@ -447,7 +447,9 @@ def _latent_observation(win: Window, lat: Tensor, space, known: PixelsKnown | No
     Pixels cannot be replaced in latent space, so their guidance must stay stable by itself (gain
     ``w_r·‖J‖² < 2``, ``sampling.conditioned``), and a decoder's gain ``‖J‖²`` is nothing like a frame
     selection's 1. The pixel term is therefore scaled by ``1/(auto_weight·‖J‖²)`` (``guidance.operator_gain``
-    at the zero latent): at the job's auto weight its gain is 1, and it grows in proportion to ``w_r``."""
+    at a unit-normal latent, what normalised latents look like: a VAE decoder's gain at the zero latent can be
+    far larger, ~45× for Wan 2.1's): at the job's auto weight its gain is 1, and it grows in proportion to
+    ``w_r``."""
     n, exact, pixels = win.stop - win.start, None, None
     if win.exact:
         y = lat[:, list(win.exact)].unsqueeze(0).to(device)
@@ -466,8 +468,8 @@ def _latent_observation(win: Window, lat: Tensor, space, known: PixelsKnown | No
 
             pixels = guidance.Observation(y=known.values[:, idx].unsqueeze(0).to(device), operator=operator,
                                           num_frames=n)
-            zero = torch.zeros((1, *lat.shape[:1], n, *lat.shape[2:]), device=device)
-            gain = guidance.operator_gain(operator, zero)
+            typical = torch.randn((1, *lat.shape[:1], n, *lat.shape[2:]), generator=torch.Generator().manual_seed(0))
+            gain = guidance.operator_gain(operator, typical.to(device))
             if gain > 0:
                 pixels = guidance.scaled(pixels, 1.0 / (auto_weight * gain))
     if exact is not None and pixels is not None:
