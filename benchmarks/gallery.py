@@ -3,7 +3,8 @@
 * ``vdm_core/weights/samples.gif``: 8 unconditional samples (noise seeds from one generator seeded 0,
   DDIM η = 0, 50 steps), a 4 × 2 grid, each clip shown 4× larger, 10 fps.
 * ``docs/img/{extend,interpolate,upscale}.gif``: the outputs of ``workflows/api/NAME.json`` run by
-  ``vdm run`` with ``--set steps=16``, shown 6× larger (nearest neighbour) at the workflow's frame rate.
+  ``vdm run`` with ``--set steps=16``, shown 6× larger (nearest neighbour) at the workflow's frame rate;
+* ``docs/img/demo.gif``: what ``vdm demo`` writes (the extend example at its own 32 steps), 6× larger.
 
     python benchmarks/gallery.py [--model FILE] [--threads 2]
 """
@@ -39,8 +40,8 @@ def samples_gif(model, path: Path, steps: int = 50) -> None:
     write_video(path, torch.cat(rows, dim=2), fps=10)  # GIF delays are whole 1/100 s: 10 fps is exact
 
 
-def workflow_gif(name: str, path: Path, model_file: str | None) -> None:
-    sets = ["steps=16"] + ([f"VDM_LoadModel.model_name={model_file}"] if model_file else [])
+def workflow_gif(name: str, path: Path, model_file: str | None, steps: int | None = 16) -> None:
+    sets = ([f"steps={steps}"] if steps else []) + ([f"VDM_LoadModel.model_name={model_file}"] if model_file else [])
     with tempfile.TemporaryDirectory() as tmp:
         (out,), _ = run_workflow(ROOT / "workflows" / "api" / f"{name}.json", sets, output_dir=tmp,
                                  log=lambda msg: None)
@@ -59,6 +60,8 @@ def main(argv=None) -> None:
     for name in WORKFLOWS:
         workflow_gif(name, ROOT / "docs" / "img" / f"{name}.gif", args.model)
         print(f"wrote docs/img/{name}.gif", flush=True)
+    workflow_gif("extend", ROOT / "docs" / "img" / "demo.gif", args.model, steps=None)  # as `vdm demo` runs it
+    print("wrote docs/img/demo.gif", flush=True)
 
 
 if __name__ == "__main__":
