@@ -9,6 +9,8 @@ from vdm_core import guidance, sampling, tasks
 from vdm_core.external import LatentSpace, SigmaModel
 from vdm_core.schedule import sampling_angles
 
+from oracle import regression_error
+
 D = torch.float64
 
 
@@ -89,16 +91,6 @@ def test_sigma_model_refuses_a_model_without_noise_and_a_missing_session():
         SigmaModel(**flow(), channels=1)(torch.zeros(1, 1, 2, 2, 2), torch.tensor([1.0]))
 
 
-def _regression_error(out, y, unknown, known, cov):
-    """‖K̂ − K‖_F: K̂ regresses the sampled unknown frames on y; K = Σ_ba Σ_aa⁻¹ gives E[x^b | x^a]."""
-    b = out.shape[0]
-    xb = out[:, :, unknown].reshape(b, -1).double()
-    ya = y.reshape(b, -1).double()
-    k_hat = torch.linalg.lstsq(ya, xb).solution.T
-    k = cov[unknown][:, known] @ torch.linalg.inv(cov[known][:, known])
-    return torch.linalg.norm(k_hat - k).item()
-
-
 @pytest.mark.parametrize("kind, as_close", [(flow(1.0), True), (ve(), True), (flow(8.0), False)],
                          ids=["flow", "ve", "flow-shift-8"])
 def test_guidance_through_its_own_schedule_reaches_the_conditional_mean(kind, as_close):
@@ -117,14 +109,14 @@ def test_guidance_through_its_own_schedule_reaches_the_conditional_mean(kind, as
     for method, w in (("replacement", 0.0), ("both", 8.0)):
         out = sampling.sample(model, noise, model.angles(20), observation=obs, method=method, guidance_weight=w,
                               clip=False, generator=_gen(3))
-        err[method] = _regression_error(out, x[:, :, known], unknown, known, prior.cov)
+        err[method] = regression_error(out, x[:, :, known], unknown, known, prior.cov)
 
     def own_grid(z, phi):
         p = float(phi[0])
         return (math.cos(p) * z - prior.mean(z, p)) / math.sin(p)
     out = sampling.sample(own_grid, noise, sampling_angles(20), observation=obs, method="both", guidance_weight=8.0,
                           clip=False, generator=_gen(3))
-    pack = _regression_error(out, x[:, :, known], unknown, known, prior.cov)
+    pack = regression_error(out, x[:, :, known], unknown, known, prior.cov)
     assert err["replacement"] > 0.6, err
     assert err["both"] < 0.65 * err["replacement"], err
     if as_close:

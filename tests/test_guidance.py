@@ -11,6 +11,8 @@ from vdm_core.guidance import (DEFAULT_GUIDANCE_WEIGHT, Observation, area_downsa
 from vdm_core.sampling import guided, predict_x, sample
 from vdm_core.schedule import PHI_MAX, sampling_angles
 
+from oracle import regression_error
+
 D = torch.float64
 
 
@@ -293,16 +295,6 @@ def test_replacement_broadcasts_a_single_observation_over_the_batch():
 
 # ---------------------------------------------------------------- against the exact conditional
 
-def _regression_error(out, y, unknown, known, cov):
-    """‖K̂ − K‖_F: K̂ regresses the sampled unknown frames on y, K = Σ_ba Σ_aa⁻¹ is E[x^b|x^a] = K x^a."""
-    b = out.shape[0]
-    xb = out[:, :, unknown].reshape(b, -1).double()
-    ya = y.reshape(b, -1).double()
-    k_hat = torch.linalg.lstsq(ya, xb).solution.T
-    k = cov[unknown][:, known] @ torch.linalg.inv(cov[known][:, known])
-    return torch.linalg.norm(k_hat - k).item()
-
-
 def test_oracle_samples_the_prior_unconditionally():
     model = CorrelatedGaussian(5, 0.9)
     out = sample(model, torch.randn(2048, 1, 5, 1, 1, generator=_gen(17)), sampling_angles(100), clip=False)
@@ -321,7 +313,7 @@ def test_reconstruction_guidance_gets_the_conditional_mean_better_than_replaceme
     for method, w in [("replacement", 0.0), ("reconstruction", 2.0), ("reconstruction", 8.0), ("both", 8.0)]:
         out = sample(model, noise, sampling_angles(20), observation=obs, method=method, guidance_weight=w,
                      generator=_gen(20), clip=False)
-        err[method, w] = _regression_error(out, y, unknown, known, model.cov)
+        err[method, w] = regression_error(out, y, unknown, known, model.cov)
     # over 4 other seeds: replacement 0.66-0.75; w_r = 2: 0.51-0.54 of it; w_r = 8: 0.11-0.15; both: 0.33-0.40
     repl = err["replacement", 0.0]
     assert repl > 0.4, err  # replacement really misses the conditional mean (VDM §3.1)
