@@ -16,6 +16,13 @@ classes (seeded random weights), as small as the release's loaders accept:
   checkpoints/vdm_test_ltxv_tiny_aio.safetensors    both in one file: CheckpointLoaderSimple passes the metadata
                    on both releases, so this is how 0.3.64 gets a small LTX-Video VAE.
 
+With ``--trained`` the Wan files are the trained tiny Wan 2.1 of tests/harness/models/ (README.md there:
+a 4-block denoiser and a dim-8 VAE trained on the pack's procedural clips by tests/harness/tiny_wan.py)
+instead of random weights, also under their own names ``diffusion_models/vdm_test_wan21_trained.safetensors``
+and ``vae/vdm_test_wan21_trained_vae.safetensors`` (what tests/harness/eval_tiny_wan.py loads). Where the
+release builds dim 96 whatever the file holds (0.3.64), the VAE is written widened to dim 96 with zero
+channels (``tiny_wan.lift_vae``: the same function, 127 M parameters, 484 MiB).
+
 With ``--templates`` the Wan files are also written under the names ComfyUI's Wan 2.1 templates (and this
 pack's workflows/wan_*.json) load: ``diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors`` and
 ``vae/wan_2.1_vae.safetensors``. The UMT5-XXL text encoder those workflows also load
@@ -23,7 +30,7 @@ pack's workflows/wan_*.json) load: ``diffusion_models/wan2.1_t2v_1.3B_fp16.safet
 full size (5.7 B parameters) whatever the file holds, so the Wan workflows still cannot run here.
 
 usage: $COMFY_HOME/venv/bin/python tests/harness/make_models.py MODELS_DIR [--templates | --templates-only]
-                                                                    [--only wan,ltxv]
+                                                                    [--only wan,ltxv] [--trained]
 """
 from __future__ import annotations
 
@@ -61,6 +68,10 @@ LTXV_VAE = {
 """The smallest LTX-Video VAE both releases build: patch 4, three ×2 space-time compressions (×8 time, ×32
 space), a res block first in the decoder (ComfyUI recognises the VAE by decoder.up_blocks.0.res_blocks.0)."""
 TEMPLATE_NAMES = {"wan": "wan2.1_t2v_1.3B_fp16.safetensors", "wan_vae": "wan_2.1_vae.safetensors"}
+TRAINED = Path(__file__).resolve().parent / "models"
+TRAINED_FILES = {"wan": "wan21_tiny_t2v.safetensors", "wan_vae": "wan21_tiny_vae.safetensors"}
+"""The trained tiny Wan 2.1 in tests/harness/models/ (README.md there) and the names it is written under."""
+TRAINED_NAMES = {"wan": "vdm_test_wan21_trained.safetensors", "wan_vae": "vdm_test_wan21_trained_vae.safetensors"}
 
 
 def randomize(module: torch.nn.Module, seed: int, in_place: bool = False) -> torch.nn.Module:
@@ -144,6 +155,24 @@ def smallest_ltxv_vae() -> tuple[dict, dict]:
     return state_dict(ltxv_vae(LTXV_VAE)), LTXV_VAE
 
 
+def trained_wan() -> tuple[dict, dict, int]:
+    """(denoiser, VAE, VAE width) state dicts of the trained tiny Wan, the VAE widened to dim 96 where this
+    release's VAELoader builds that whatever the file holds (0.3.64)."""
+    from safetensors.torch import load_file
+
+    from tiny_wan import lift_vae
+
+    sd = {k: v.float() for k, v in load_file(str(TRAINED / TRAINED_FILES["wan"])).items()}
+    vae_sd = load_file(str(TRAINED / TRAINED_FILES["wan_vae"]))
+    try:
+        comfy.sd.VAE(sd=vae_sd)
+        return sd, vae_sd, vae_sd["decoder.head.0.gamma"].shape[0]
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+    return sd, lift_vae(vae_sd, 96), 96
+
+
 def save(sd: dict, path: Path, metadata=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -154,12 +183,18 @@ def save(sd: dict, path: Path, metadata=None) -> Path:
     return path
 
 
-def write(models: Path, only=("wan", "ltxv"), templates=False, own_names=True) -> dict[str, Path]:
+def write(models: Path, only=("wan", "ltxv"), templates=False, own_names=True, trained=False) -> dict[str, Path]:
     out = {}
     if "wan" in only:
-        sd = state_dict(wan_model())
-        vae_sd, dim = smallest_wan_vae()
-        print(f"  Wan VAE: dim {dim} is the smallest this ComfyUI builds from a file")
+        if trained:
+            sd, vae_sd, dim = trained_wan()
+            print(f"  trained tiny Wan from {TRAINED}; its VAE as dim {dim}")
+            out["wan_trained"] = save(sd, models / "diffusion_models" / TRAINED_NAMES["wan"])
+            out["wan_vae_trained"] = save(vae_sd, models / "vae" / TRAINED_NAMES["wan_vae"])
+        else:
+            sd = state_dict(wan_model())
+            vae_sd, dim = smallest_wan_vae()
+            print(f"  Wan VAE: dim {dim} is the smallest this ComfyUI builds from a file")
         if own_names:
             out["wan"] = save(sd, models / "diffusion_models" / "vdm_test_wan21_tiny.safetensors")
             out["wan_vae"] = save(vae_sd, models / "vae" / "vdm_test_wan21_vae.safetensors")
@@ -183,11 +218,12 @@ def main():
     ap.add_argument("--templates", action="store_true", help="also write the Wan files under the template names")
     ap.add_argument("--templates-only", action="store_true", help="write only the Wan files under the template names")
     ap.add_argument("--only", default="wan,ltxv")
+    ap.add_argument("--trained", action="store_true", help="the Wan files are the trained tiny Wan (tests/harness/models)")
     a = ap.parse_args()
     t = time.time()
     print(f"ComfyUI {comfyenv.version()}")
     only = ("wan",) if a.templates_only else tuple(a.only.split(","))
-    write(a.models_dir, only, a.templates or a.templates_only, own_names=not a.templates_only)
+    write(a.models_dir, only, a.templates or a.templates_only, own_names=not a.templates_only, trained=a.trained)
     print(f"done in {time.time() - t:.1f} s")
 
 

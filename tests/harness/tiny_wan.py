@@ -1,0 +1,499 @@
+"""Train the tiny Wan 2.1 of the harness: a Wan 2.1 VAE (comfy/ldm/wan/vae.py ``WanVAE``) as a real
+autoencoder, then a Wan 2.1 T2V denoiser (comfy/ldm/wan/model.py ``WanModel``) in its latent space, both on
+the pack's procedural clips (``vdm_core.motion.MotionMix``: motion scenes + moving sprites v1, train split).
+ComfyUI's own classes, built here and saved as state dicts its loaders read (tests/harness/models/README.md
+says how the committed files were made).
+
+  vae OUT.pt       train the VAE (MSE on pixels in [-1, 1] + a small KL), resumable from OUT.pt
+  calibrate        fold a per-channel affine map into the VAE's 1×1 convs (``conv1``/``conv2``) so that
+                   ComfyUI's Wan21 latent format (comfy/latent_formats.py) maps encoded clips to mean 0, std 1
+  latents OUT.pt   encode training clips with the calibrated VAE (normalised as the Wan21 format does)
+  dit OUT.pt       train the denoiser on those latents: flow matching x_σ = (1 − σ)·x0 + σ·ε, target ε − x0,
+                   σ = shift·t / (1 + (shift − 1)·t), t ~ U(0, 1), shift 8 (comfy/supported_models.py WAN21_T2V,
+                   ComfyUI's Wan templates), timestep 1000·σ, a zero text conditioning [B, 1, 4096]
+  export DIR       write the safetensors under DIR (vae/, diffusion_models/)
+  recon            reconstruction PSNR of a VAE on held-out clips (v1 test split, motion test split,
+                   benchmarks/independent_scenes.py)
+
+usage: $COMFY_HOME/venv/bin/python tests/harness/tiny_wan.py COMMAND ... (see --help of each)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import comfyenv  # noqa: F401  (ComfyUI on sys.path, --cpu, one thread)
+import torch
+
+PACK = comfyenv.PACK
+sys.path.insert(0, str(PACK))
+sys.path.insert(0, str(PACK / "benchmarks"))
+
+from vdm_core.data import sprite_batch  # noqa: E402
+from vdm_core.motion import MotionMix, motion_batch  # noqa: E402
+
+VAE_CONFIG = dict(z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                  temperal_downsample=[False, True, True], dropout=0.0)
+"""Wan 2.1's VAE configuration as comfy/sd.py builds it (only ``dim`` is free, and only on 0.33)."""
+DIT_CONFIG = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=128, ffn_dim=512,
+                  freq_dim=256, text_dim=4096, out_dim=16, num_heads=1, num_layers=4, window_size=(-1, -1),
+                  qk_norm=True, cross_attn_norm=True, eps=1e-6)
+"""The denoiser: dim 128 (ComfyUI reads num_heads = dim // 128, so 128 is the smallest), what
+comfy/model_detection.py reads back from the state dict (ffn, layers, in/out channels)."""
+SHIFT = 8.0
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def init_conv(module: torch.nn.Module, zero_last: bool = True) -> torch.nn.Module:
+    """Uniform weights of std 1/√fan_in and zero biases for ComfyUI's convolutions and linears (its
+    ``disable_weight_init`` ops skip initialisation); with ``zero_last`` the second convolution of each residual branch starts at zero."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in module.modules():
+            for base in (torch.nn.Conv3d, torch.nn.Conv2d, torch.nn.Linear):
+                if isinstance(m, base):
+                    bound = math.sqrt(3 / m.weight[0].numel())  # std 1/√fan_in
+                    m.weight.uniform_(-bound, bound, generator=g)
+                    if m.bias is not None:
+                        m.bias.zero_()
+                    break
+        if zero_last:
+            import comfy.ldm.wan.vae as wv
+
+            for m in module.modules():
+                if isinstance(m, wv.ResidualBlock):
+                    m.residual[-1].weight.zero_()
+                    m.residual[-1].bias.zero_()
+    return module
+
+
+def new_vae(dim: int):
+    import comfy.ldm.wan.vae as wv
+
+    return init_conv(wv.WanVAE(dim=dim, **VAE_CONFIG))
+
+
+def vae_from_state(sd: dict):
+    dim = sd["decoder.head.0.gamma"].shape[0]
+    vae = new_vae(dim)
+    vae.load_state_dict(sd)
+    return vae
+
+
+class Posterior:
+    """Captures the output of the VAE's ``conv1`` (mean and log-variance, 2·16 channels) during ``encode``,
+    which returns only the mean."""
+
+    def __init__(self, vae):
+        self.out = None
+        vae.conv1.register_forward_hook(lambda m, i, o: setattr(self, "out", o))
+
+    def mean_logvar(self):
+        mu, logvar = self.out.chunk(2, dim=1)
+        return mu, logvar.clamp(-30, 20)
+
+
+def clips(split: str, n: int, size: int, frames: int, start: int = 0):
+    """``n`` clips ``[n, 3, F, S, S]`` in [-1, 1] of the motion mix of ``split`` (items start…start+n)."""
+    ds = MotionMix(size, frames, seed=0, split=split)
+    return torch.stack([ds[i] for i in range(start, start + n)])
+
+
+def held_out_sets(n: int, size: int, frames: int) -> dict:
+    """The held-out clips reconstruction is measured on: v1 test split, motion test split, independent set."""
+    from independent_scenes import independent_set
+
+    return {"v1 test": sprite_batch("test", range(n), size=size, frames=frames),
+            "motion test": motion_batch("test", range(n), size=size, frames=frames),
+            "independent": torch.stack([s.clip for s in independent_set(range(n), size, frames)])}
+
+
+def psnr(x, ref):
+    """``[B]`` PSNR (dB) on [0, 1] images of clips in [-1, 1] (as vdm_core.metrics.psnr; x clamped as ComfyUI's
+    VAE.decode clamps)."""
+    mse = ((x.clamp(-1, 1) - ref) / 2).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+    return 10 * torch.log10(1 / mse)
+
+
+@torch.no_grad()
+def reconstruct(vae, x, batch: int = 8):
+    return torch.cat([vae.decode(vae.encode(x[i:i + batch])) for i in range(0, len(x), batch)])
+
+
+def lift_vae(sd: dict, dim: int = 96) -> dict:
+    """The state dict of a Wan 2.1 VAE of width ``dim`` that computes exactly what ``sd`` (a narrower one,
+    width d) computes: every channel axis of size k·d becomes k·dim with the real channels first and zeros
+    after (zero channels stay zero through convolutions without bias, SiLU, nearest upsampling and
+    residual sums), except where comfy/ldm/wan/vae.py splits a convolution's output into equal parts: the
+    ``upsample3d`` time convolution (2 frames) and the attention's ``to_qkv`` (q, k, v), whose parts are
+    padded each. ``RMS_norm`` (``F.normalize`` over channels · √channels · γ): the norm over the channels is
+    unchanged by zeros, so γ is scaled by √(d/dim); the attention's scale 1/√channels is undone by scaling q
+    by √(dim/d). For 0.3.64, whose VAELoader builds dim 96 whatever the file holds (comfy/sd.py)."""
+    import comfy.ldm.wan.vae as wv
+
+    small = sd["decoder.head.0.gamma"].shape[0]
+    if dim % small:
+        raise ValueError(f"dim {dim} is not a multiple of the VAE's width {small}")
+    r = dim // small
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in wv.WanVAE(dim=dim, **VAE_CONFIG).state_dict().items()}
+    out = {}
+    for key, t in sd.items():
+        big = torch.zeros(shapes[key], dtype=t.dtype)
+        parts = 3 if ".to_qkv." in key else 2 if ".time_conv." in key and key.startswith("decoder.") else 1
+        src = t.clone()
+        if ".to_qkv." in key and big.shape[0] != t.shape[0]:
+            src[:t.shape[0] // 3] *= math.sqrt(r)  # q: the attention divides by √channels
+        if big.shape[0] != t.shape[0]:
+            n, nb = t.shape[0] // parts, big.shape[0] // parts
+        else:
+            parts, n, nb = 1, t.shape[0], t.shape[0]
+        for p in range(parts):
+            big[(slice(p * nb, p * nb + n),) + tuple(slice(0, s) for s in t.shape[1:])] = src[p * n:(p + 1) * n]
+        if key.endswith(".gamma") and big.shape[0] != t.shape[0]:
+            big *= math.sqrt(1 / r)
+        out[key] = big
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- VAE training
+
+
+def cmd_vae(a):
+    torch.manual_seed(a.seed)
+    state = torch.load(a.out, weights_only=False) if os.path.exists(a.out) else None
+    if state is not None:
+        vae, step = vae_from_state(state["model"]), state["step"]
+        ema = vae_from_state(state["ema"])
+        log(f"resumed {a.out} at step {step}")
+    elif a.init:  # a new stage from an earlier run's weights (its EMA): fresh optimiser and schedule
+        init = torch.load(a.init, weights_only=False)
+        vae, ema, step = vae_from_state(init["ema"]), vae_from_state(init["ema"]), 0
+        log(f"weights from {a.init} (step {init['step']}, {init['args']['frames']} frames)")
+    else:
+        vae, step = new_vae(a.dim), 0
+        ema = vae_from_state(vae.state_dict())
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    post = Posterior(vae)
+    opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+    n_params = sum(p.numel() for p in vae.parameters())
+    log(f"Wan VAE dim {a.dim}: {n_params / 1e6:.3f} M parameters; {a.steps} steps of {a.batch} clips "
+        f"{a.frames}×{a.size}², lr {a.lr}, KL weight {a.kl}")
+    ds = MotionMix(a.size, a.frames, seed=a.seed, split="train")
+    val = clips("val", 16, a.size, a.frames)
+    t0, seen = time.time(), 0
+    losses = []
+    while step < a.steps:
+        lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.5 * (1 + math.cos(math.pi * step / a.steps)) * 0.95 + 0.05)
+        for gr in opt.param_groups:
+            gr["lr"] = lr
+        x = torch.stack([ds[step * a.batch + i] for i in range(a.batch)])
+        if a.flip:  # the generators are symmetric: flips double what each clip shows
+            g = torch.Generator().manual_seed(step)
+            if torch.rand(1, generator=g) < 0.5:
+                x = x.flip(-1)
+            if torch.rand(1, generator=g) < 0.5:
+                x = x.flip(-2)
+        vae.encode(x)
+        mu, logvar = post.mean_logvar()
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        y = vae.decode(z)
+        mse = (y - x).pow(2).mean()
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
+        loss = mse + a.kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        seen += 1
+        with torch.no_grad():
+            d = min(a.ema, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), vae.parameters()):
+                pe.lerp_(p, 1 - d)
+        losses.append((mse.item(), kl.item()))
+        if step % a.log_every == 0:
+            m = torch.tensor(losses).mean(0)
+            losses.clear()
+            rate = (time.time() - t0) / seen
+            log(f"step {step}: mse {m[0]:.5f} (train PSNR ≈ {10 * math.log10(4 / m[0]):.2f}) kl {m[1]:.3f} "
+                f"lr {lr:.2e} | {rate:.2f} s/step, {(time.time() - t0) / 60:.1f} min")
+        if step % a.save_every == 0 or step == a.steps:
+            v = psnr(reconstruct(ema, val), val).mean().item()
+            log(f"step {step}: val PSNR (EMA) {v:.2f} dB")
+            tmp = a.out + ".tmp"
+            torch.save({"model": vae.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "args": vars(a)}, tmp)
+            os.replace(tmp, a.out)
+    log(f"done: {step} steps, {(time.time() - t0) / 60:.1f} min this run")
+
+
+def load_vae(path: str, which: str = "ema"):
+    """A VAE from a training checkpoint (``which``: ema | model) or a safetensors state dict."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return vae_from_state(load_file(path))
+    state = torch.load(path, weights_only=False)
+    return vae_from_state(state[which] if which in state else state)
+
+
+def wan21_format():
+    import comfy.latent_formats
+
+    return comfy.latent_formats.Wan21()
+
+
+@torch.no_grad()
+def cmd_calibrate(a):
+    """Per channel c, the encoder's mean μ_c has mean m_c and std s_c on training clips; Wan21's format
+    normalises raw latents by (z − M_c)/S_c (its constants, measured on the real Wan VAE). With
+    z = a_c·μ + b_c, a_c = S_c/s_c, b_c = M_c − a_c·m_c, the normalised latents have mean 0 and std 1. The map
+    is folded into ``conv1`` (its mean rows; the log-variance rows shift by 2·log a_c) and undone in
+    ``conv2``'s inputs, so decode(encode(x)) is unchanged."""
+    vae = load_vae(a.ckpt)
+    x = clips("train", a.clips, a.size, a.frames, start=10_000_000)
+    mu = torch.cat([vae.encode(x[i:i + 8]) for i in range(0, len(x), 8)])
+    m = mu.mean(dim=(0, 2, 3, 4))
+    s = mu.std(dim=(0, 2, 3, 4))
+    fmt = wan21_format()
+    M, S = fmt.latents_mean.flatten(), fmt.latents_std.flatten()
+    ga, gb = S / s, M - S / s * m
+    log(f"encoder mean per channel: std {[round(v, 3) for v in s.tolist()]}")
+    w1, b1 = vae.conv1.weight, vae.conv1.bias  # [32, 32, 1, 1, 1]: rows 0–15 mean, 16–31 log-variance
+    w1[:16] *= ga[:, None, None, None, None]
+    b1[:16] = ga * b1[:16] + gb
+    b1[16:] += 2 * ga.log()
+    w2, b2 = vae.conv2.weight, vae.conv2.bias  # [16, 16, 1, 1, 1] on z
+    b2 -= (w2[:, :, 0, 0, 0] * (gb / ga)[None]).sum(1)
+    w2 /= ga[None, :, None, None, None]
+    z = torch.cat([vae.encode(x[i:i + 8]) for i in range(0, 64, 8)])
+    zn = fmt.process_in(z)
+    log(f"normalised latents: mean {zn.mean():.3f}, std per channel {[round(v, 2) for v in zn.std(dim=(0, 2, 3, 4)).tolist()]}")
+    p = psnr(reconstruct(vae, x[:32]), x[:32]).mean()
+    log(f"after calibration: reconstruction PSNR on 32 training clips {p:.2f} dB")
+    save_st({k: v.contiguous() for k, v in vae.state_dict().items()}, a.out)
+
+
+@torch.no_grad()
+def cmd_latents(a):
+    """Wan21-normalised latents ``[N, 16, T, h, w]`` of ``--clips`` training clips (and their mirror images)."""
+    vae = load_vae(a.vae)
+    fmt = wan21_format()
+    out = []
+    t0 = time.time()
+    ds = MotionMix(a.size, a.frames, seed=a.seed, split="train")
+    for i in range(0, a.clips, a.batch):
+        x = torch.stack([ds[j] for j in range(i, min(i + a.batch, a.clips))])
+        if a.flip:
+            x = torch.cat([x, x.flip(-1)])
+        out.append(fmt.process_in(vae.encode(x)).half())
+        if (i // a.batch) % 50 == 0:
+            log(f"{i + len(x)} clips, {(time.time() - t0) / 60:.1f} min")
+    z = torch.cat(out)
+    log(f"latents {tuple(z.shape)}: mean {z.float().mean():.3f} std {z.float().std():.3f}")
+    torch.save({"latents": z, "args": vars(a)}, a.out)
+
+
+def save_st(sd: dict, path: str, metadata: dict | None = None):
+    from safetensors.torch import save_file
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, path + ".tmp", metadata=metadata)
+    os.replace(path + ".tmp", path)
+    log(f"wrote {path}: {sum(v.numel() for v in sd.values()) / 1e6:.3f} M parameters, "
+        f"{os.path.getsize(path) / 2 ** 20:.2f} MiB")
+
+
+# ---------------------------------------------------------------------------------------------- denoiser
+
+
+def new_dit(cfg: dict = DIT_CONFIG):
+    import comfy.ldm.wan.model
+    import comfy.ops
+
+    dm = comfy.ldm.wan.model.WanModel(**cfg, device="cpu", dtype=torch.float32,
+                                      operations=comfy.ops.disable_weight_init)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in dm.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if "modulation" in name:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(cfg["dim"]))
+            elif "norm" in name and leaf == "weight":
+                p.fill_(1.0)
+            elif leaf == "bias":
+                p.zero_()
+            elif name.startswith("head.head."):
+                p.zero_()  # the velocity starts at zero
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+    return dm
+
+
+def sigmas_of(t: torch.Tensor, shift: float = SHIFT) -> torch.Tensor:
+    """ComfyUI's flow schedule (comfy/model_sampling.py ``time_snr_shift``): σ = shift·t / (1 + (shift − 1)·t)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def cmd_dit(a):
+    import comfy.model_management as mm
+
+    mm.in_training = True  # 0.33: plain-torch RoPE (its fused kernels have no backward), as ComfyUI's trainer
+    torch.manual_seed(a.seed)
+    data = torch.load(a.latents, weights_only=False)["latents"].float()
+    n_val = 256
+    val, train = data[:n_val], data[n_val:]
+    cfg = dict(DIT_CONFIG, num_layers=a.layers, ffn_dim=a.ffn)
+    state = torch.load(a.out, weights_only=False) if os.path.exists(a.out) else None
+    dm = new_dit(cfg)
+    ema = new_dit(cfg)
+    step = 0
+    if state is not None:
+        dm.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        step = state["step"]
+        log(f"resumed {a.out} at step {step}")
+    else:
+        ema.load_state_dict(dm.state_dict())
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(dm.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+    log(f"WanModel {cfg['num_layers']} blocks, dim {cfg['dim']}, ffn {cfg['ffn_dim']}: "
+        f"{sum(p.numel() for p in dm.parameters()) / 1e6:.3f} M parameters; {len(train)} training latents "
+        f"{tuple(train.shape[1:])}, {a.steps} steps of {a.batch}, lr {a.lr}, shift {SHIFT}")
+    ctx = torch.zeros(1, 1, cfg["text_dim"])
+    g = torch.Generator().manual_seed(a.seed + step)
+    t0, seen, losses = time.time(), 0, []
+
+    def loss_of(model, x0, t, eps):
+        sigma = sigmas_of(t)
+        s = sigma[:, None, None, None, None]
+        xt = (1 - s) * x0 + s * eps
+        v = model(xt, sigma * 1000, ctx.expand(len(x0), -1, -1))
+        return (v.float() - (eps - x0)).pow(2).flatten(1).mean(1)
+
+    while step < a.steps:
+        lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.5 * (1 + math.cos(math.pi * step / a.steps)) * 0.9 + 0.1)
+        for gr in opt.param_groups:
+            gr["lr"] = lr
+        idx = torch.randint(0, len(train), (a.batch,), generator=g)
+        x0 = train[idx]
+        t = (torch.rand(1, generator=g) + torch.arange(a.batch) / a.batch) % 1.0  # stratified
+        eps = torch.randn(x0.shape, generator=g)
+        loss = loss_of(dm, x0, t, eps).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
+        opt.step()
+        step += 1
+        seen += 1
+        with torch.no_grad():
+            d = min(a.ema, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), dm.parameters()):
+                pe.lerp_(p, 1 - d)
+        losses.append(loss.item())
+        if step % a.log_every == 0:
+            log(f"step {step}: loss {sum(losses) / len(losses):.4f} lr {lr:.2e} | "
+                f"{(time.time() - t0) / seen * 1000:.0f} ms/step, {(time.time() - t0) / 60:.1f} min")
+            losses.clear()
+        if step % a.save_every == 0 or step == a.steps:
+            with torch.no_grad():
+                gv = torch.Generator().manual_seed(1)
+                tv = (torch.arange(len(val)) + 0.5) / len(val)
+                lv = loss_of(ema, val, tv, torch.randn(val.shape, generator=gv))
+                q = [lv[i * len(val) // 4:(i + 1) * len(val) // 4].mean().item() for i in range(4)]
+            log(f"step {step}: val loss (EMA) {lv.mean():.4f}, by t quarter {[round(v, 4) for v in q]}")
+            torch.save({"model": dm.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "config": cfg, "args": vars(a)}, a.out + ".tmp")
+            os.replace(a.out + ".tmp", a.out)
+    log(f"done: {step} steps, {(time.time() - t0) / 60:.1f} min this run")
+
+
+def cmd_recon(a):
+    vae = load_vae(a.ckpt, a.which)
+    out = {}
+    for name, x in held_out_sets(a.clips, a.size, a.frames).items():
+        p = psnr(reconstruct(vae, x), x)
+        out[name] = dict(mean=p.mean().item(), min=p.min().item())
+        log(f"{name}: {a.clips} clips {a.frames}×{a.size}²: PSNR mean {p.mean():.2f} dB (min {p.min():.2f})")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("vae")
+    v.add_argument("out")
+    v.add_argument("--dim", type=int, default=8)
+    v.add_argument("--size", type=int, default=32)
+    v.add_argument("--frames", type=int, default=17)
+    v.add_argument("--batch", type=int, default=4)
+    v.add_argument("--steps", type=int, default=6000)
+    v.add_argument("--lr", type=float, default=1e-3)
+    v.add_argument("--warmup", type=int, default=200)
+    v.add_argument("--kl", type=float, default=1e-5)
+    v.add_argument("--ema", type=float, default=0.999)
+    v.add_argument("--flip", action="store_true")
+    v.add_argument("--init", help="start from this checkpoint's EMA weights (a new stage)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--log-every", type=int, default=25)
+    v.add_argument("--save-every", type=int, default=250)
+    r = sub.add_parser("recon")
+    r.add_argument("ckpt")
+    r.add_argument("--which", default="ema")
+    r.add_argument("--clips", type=int, default=16)
+    r.add_argument("--size", type=int, default=32)
+    r.add_argument("--frames", type=int, default=17)
+    r.add_argument("--json")
+    c = sub.add_parser("calibrate")
+    c.add_argument("ckpt")
+    c.add_argument("out", help="calibrated VAE (.safetensors)")
+    c.add_argument("--clips", type=int, default=256)
+    c.add_argument("--size", type=int, default=32)
+    c.add_argument("--frames", type=int, default=17)
+    lt = sub.add_parser("latents")
+    lt.add_argument("vae", help="calibrated VAE (.safetensors)")
+    lt.add_argument("out")
+    lt.add_argument("--clips", type=int, default=16000)
+    lt.add_argument("--batch", type=int, default=16)
+    lt.add_argument("--flip", action="store_true")
+    lt.add_argument("--size", type=int, default=32)
+    lt.add_argument("--frames", type=int, default=17)
+    lt.add_argument("--seed", type=int, default=1)
+    d = sub.add_parser("dit")
+    d.add_argument("latents")
+    d.add_argument("out")
+    d.add_argument("--layers", type=int, default=DIT_CONFIG["num_layers"])
+    d.add_argument("--ffn", type=int, default=DIT_CONFIG["ffn_dim"])
+    d.add_argument("--batch", type=int, default=64)
+    d.add_argument("--steps", type=int, default=20000)
+    d.add_argument("--lr", type=float, default=5e-4)
+    d.add_argument("--warmup", type=int, default=500)
+    d.add_argument("--ema", type=float, default=0.999)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--log-every", type=int, default=200)
+    d.add_argument("--save-every", type=int, default=1000)
+    a = ap.parse_args()
+    {"vae": cmd_vae, "recon": cmd_recon, "calibrate": cmd_calibrate, "latents": cmd_latents, "dit": cmd_dit}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
