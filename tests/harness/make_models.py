@@ -30,7 +30,7 @@ pack's workflows/wan_*.json) load: ``diffusion_models/wan2.1_t2v_1.3B_fp16.safet
 full size (5.7 B parameters) whatever the file holds, so the Wan workflows still cannot run here.
 
 usage: $COMFY_HOME/venv/bin/python tests/harness/make_models.py MODELS_DIR [--templates | --templates-only]
-                                                                    [--only wan,ltxv] [--trained]
+                                                                    [--only wan,ltxv] [--trained [DIR]]
 """
 from __future__ import annotations
 
@@ -155,15 +155,15 @@ def smallest_ltxv_vae() -> tuple[dict, dict]:
     return state_dict(ltxv_vae(LTXV_VAE)), LTXV_VAE
 
 
-def trained_wan() -> tuple[dict, dict, int]:
+def trained_wan(src: Path = TRAINED) -> tuple[dict, dict, int]:
     """(denoiser, VAE, VAE width) state dicts of the trained tiny Wan, the VAE widened to dim 96 where this
     release's VAELoader builds that whatever the file holds (0.3.64)."""
     from safetensors.torch import load_file
 
     from tiny_wan import lift_vae
 
-    sd = {k: v.float() for k, v in load_file(str(TRAINED / TRAINED_FILES["wan"])).items()}
-    vae_sd = load_file(str(TRAINED / TRAINED_FILES["wan_vae"]))
+    sd = {k: v.float() for k, v in load_file(str(Path(src) / TRAINED_FILES["wan"])).items()}
+    vae_sd = load_file(str(Path(src) / TRAINED_FILES["wan_vae"]))
     try:
         comfy.sd.VAE(sd=vae_sd)
         return sd, vae_sd, vae_sd["decoder.head.0.gamma"].shape[0]
@@ -183,12 +183,12 @@ def save(sd: dict, path: Path, metadata=None) -> Path:
     return path
 
 
-def write(models: Path, only=("wan", "ltxv"), templates=False, own_names=True, trained=False) -> dict[str, Path]:
+def write(models: Path, only=("wan", "ltxv"), templates=False, own_names=True, trained=None) -> dict[str, Path]:
     out = {}
     if "wan" in only:
         if trained:
-            sd, vae_sd, dim = trained_wan()
-            print(f"  trained tiny Wan from {TRAINED}; its VAE as dim {dim}")
+            sd, vae_sd, dim = trained_wan(trained)
+            print(f"  trained tiny Wan from {trained}; its VAE as dim {dim}")
             out["wan_trained"] = save(sd, models / "diffusion_models" / TRAINED_NAMES["wan"])
             out["wan_vae_trained"] = save(vae_sd, models / "vae" / TRAINED_NAMES["wan_vae"])
         else:
@@ -218,7 +218,8 @@ def main():
     ap.add_argument("--templates", action="store_true", help="also write the Wan files under the template names")
     ap.add_argument("--templates-only", action="store_true", help="write only the Wan files under the template names")
     ap.add_argument("--only", default="wan,ltxv")
-    ap.add_argument("--trained", action="store_true", help="the Wan files are the trained tiny Wan (tests/harness/models)")
+    ap.add_argument("--trained", nargs="?", const=TRAINED, type=Path,
+                    help="the Wan files are the trained tiny Wan (of this folder; default tests/harness/models)")
     a = ap.parse_args()
     t = time.time()
     print(f"ComfyUI {comfyenv.version()}")

@@ -274,6 +274,7 @@ def cmd_calibrate(a):
     M, S = fmt.latents_mean.flatten(), fmt.latents_std.flatten()
     ga, gb = S / s, M - S / s * m
     log(f"encoder mean per channel: std {[round(v, 3) for v in s.tolist()]}")
+    before = psnr(reconstruct(vae, x[:32]), x[:32]).mean()
     w1, b1 = vae.conv1.weight, vae.conv1.bias  # [32, 32, 1, 1, 1]: rows 0–15 mean, 16–31 log-variance
     w1[:16] *= ga[:, None, None, None, None]
     b1[:16] = ga * b1[:16] + gb
@@ -281,32 +282,103 @@ def cmd_calibrate(a):
     w2, b2 = vae.conv2.weight, vae.conv2.bias  # [16, 16, 1, 1, 1] on z
     b2 -= (w2[:, :, 0, 0, 0] * (gb / ga)[None]).sum(1)
     w2 /= ga[None, :, None, None, None]
-    z = torch.cat([vae.encode(x[i:i + 8]) for i in range(0, 64, 8)])
+    z = torch.cat([vae.encode(x[i:i + 8]) for i in range(0, min(64, len(x)), 8)])
     zn = fmt.process_in(z)
     log(f"normalised latents: mean {zn.mean():.3f}, std per channel {[round(v, 2) for v in zn.std(dim=(0, 2, 3, 4)).tolist()]}")
     p = psnr(reconstruct(vae, x[:32]), x[:32]).mean()
-    log(f"after calibration: reconstruction PSNR on 32 training clips {p:.2f} dB")
+    log(f"reconstruction PSNR on 32 training clips: {before:.2f} dB before calibration, {p:.2f} dB after")
     save_st({k: v.contiguous() for k, v in vae.state_dict().items()}, a.out)
 
 
 @torch.no_grad()
 def cmd_latents(a):
-    """Wan21-normalised latents ``[N, 16, T, h, w]`` of ``--clips`` training clips (and their mirror images)."""
+    """Latents of ``--clips`` training clips (and their mirror images): the encoder's mean normalised as the
+    Wan21 format does (``latents``, ``[N, 16, T, h, w]``), its raw log-variance (``logvar``), and which clip
+    each is (``items``: MotionMix item, mirrored) so the clips can be made again (``decoder``)."""
     vae = load_vae(a.vae)
+    post = Posterior(vae)
     fmt = wan21_format()
-    out = []
+    out, lv, items = [], [], []
     t0 = time.time()
     ds = MotionMix(a.size, a.frames, seed=a.seed, split="train")
     for i in range(0, a.clips, a.batch):
-        x = torch.stack([ds[j] for j in range(i, min(i + a.batch, a.clips))])
+        idx = list(range(i, min(i + a.batch, a.clips)))
+        x = torch.stack([ds[j] for j in idx])
+        items += [(j, 0) for j in idx]
         if a.flip:
             x = torch.cat([x, x.flip(-1)])
-        out.append(fmt.process_in(vae.encode(x)).half())
+            items += [(j, 1) for j in idx]
+        vae.encode(x)
+        mu, logvar = post.mean_logvar()
+        out.append(fmt.process_in(mu))
+        lv.append(logvar.half())
         if (i // a.batch) % 50 == 0:
-            log(f"{i + len(x)} clips, {(time.time() - t0) / 60:.1f} min")
+            log(f"{i + len(idx)} clips, {(time.time() - t0) / 60:.1f} min")
     z = torch.cat(out)
-    log(f"latents {tuple(z.shape)}: mean {z.float().mean():.3f} std {z.float().std():.3f}")
-    torch.save({"latents": z, "args": vars(a)}, a.out)
+    log(f"latents {tuple(z.shape)}: mean {z.mean():.3f} std {z.std():.3f}; {(time.time() - t0) / 60:.1f} min")
+    torch.save({"latents": z, "logvar": torch.cat(lv), "items": torch.tensor(items), "args": vars(a)}, a.out)
+
+
+def cmd_decoder(a):
+    """Fine-tune the decoder alone (``conv2`` and ``decoder``) of a calibrated VAE on the clips of a latents
+    file: the encoder, so the latent space the denoiser learns, stays as it is."""
+    torch.manual_seed(a.seed)
+    data = torch.load(a.latents, weights_only=False)
+    args = data["args"]
+    ds = MotionMix(args["size"], args["frames"], seed=args["seed"], split="train")
+    fmt = wan21_format()
+    state = torch.load(a.out, weights_only=False) if os.path.exists(a.out) else None
+    vae = vae_from_state(state["model"]) if state else load_vae(a.vae)
+    ema = vae_from_state(state["ema"]) if state else load_vae(a.vae)
+    step = state["step"] if state else 0
+    params = list(vae.conv2.parameters()) + list(vae.decoder.parameters())
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    if state:
+        opt.load_state_dict(state["opt"])
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    for p in vae.encoder.parameters():
+        p.requires_grad_(False)
+    n = len(data["latents"])
+    log(f"decoder fine-tuning on {n} latents of {args['frames']}×{args['size']}², {a.steps} steps of {a.batch}")
+    g = torch.Generator().manual_seed(a.seed + step)
+    t0, seen, losses = time.time(), 0, []
+    mean, std = fmt.latents_mean, fmt.latents_std
+    val_idx = torch.arange(16)
+    while step < a.steps:
+        lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.5 * (1 + math.cos(math.pi * step / a.steps)) * 0.95 + 0.05)
+        for gr in opt.param_groups:
+            gr["lr"] = lr
+        idx = torch.randint(16, n, (a.batch,), generator=g)
+        x = torch.stack([ds[int(j)].flip(-1) if f else ds[int(j)] for j, f in data["items"][idx].tolist()])
+        mu = data["latents"][idx] * std + mean
+        z = mu + torch.randn(mu.shape, generator=g) * (0.5 * data["logvar"][idx].float()).exp()
+        mse = (vae.decode(z) - x).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        mse.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        seen += 1
+        with torch.no_grad():
+            d = min(a.ema, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), vae.parameters()):
+                pe.lerp_(p, 1 - d)
+        losses.append(mse.item())
+        if step % a.log_every == 0:
+            m = sum(losses) / len(losses)
+            losses.clear()
+            log(f"step {step}: mse {m:.5f} (train PSNR ≈ {10 * math.log10(4 / m):.2f}) lr {lr:.2e} | "
+                f"{(time.time() - t0) / seen:.2f} s/step, {(time.time() - t0) / 60:.1f} min")
+        if step % a.save_every == 0 or step == a.steps:
+            with torch.no_grad():
+                x = torch.stack([ds[int(j)].flip(-1) if f else ds[int(j)] for j, f in data["items"][val_idx].tolist()])
+                v = psnr(ema.decode(data["latents"][val_idx] * std + mean), x).mean().item()
+            log(f"step {step}: PSNR (EMA) on 16 held-back training latents {v:.2f} dB")
+            torch.save({"model": vae.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "args": vars(a)}, a.out + ".tmp")
+            os.replace(a.out + ".tmp", a.out)
+    log(f"done: {step} steps, {(time.time() - t0) / 60:.1f} min this run")
 
 
 def save_st(sd: dict, path: str, metadata: dict | None = None):
@@ -437,6 +509,19 @@ def cmd_recon(a):
         Path(a.json).write_text(json.dumps(out, indent=1))
 
 
+def cmd_export(a):
+    """The committed files: the VAE in fp32 (its width, ComfyUI's key names) and the denoiser in fp16."""
+    vae = load_vae(a.vae, "ema")
+    vae_sd = {k: v.float().contiguous() for k, v in vae.state_dict().items()}
+    dit = torch.load(a.dit, weights_only=False)
+    dit_sd = {k: v.to(torch.float16).contiguous() for k, v in dit["ema"].items()}
+    meta = {"made_by": "tests/harness/tiny_wan.py", "note": a.note or ""}
+    save_st(vae_sd, str(Path(a.dir) / "wan21_tiny_vae.safetensors"), meta)
+    save_st(dit_sd, str(Path(a.dir) / "wan21_tiny_t2v.safetensors"),
+            dict(meta, tiny_wan_config=json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in dit["config"].items()}),
+                 steps=str(dit["step"])))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -478,6 +563,23 @@ def main():
     lt.add_argument("--size", type=int, default=32)
     lt.add_argument("--frames", type=int, default=17)
     lt.add_argument("--seed", type=int, default=1)
+    dc = sub.add_parser("decoder")
+    dc.add_argument("vae", help="calibrated VAE (.safetensors)")
+    dc.add_argument("latents")
+    dc.add_argument("out")
+    dc.add_argument("--batch", type=int, default=16)
+    dc.add_argument("--steps", type=int, default=1000)
+    dc.add_argument("--lr", type=float, default=3e-4)
+    dc.add_argument("--warmup", type=int, default=50)
+    dc.add_argument("--ema", type=float, default=0.999)
+    dc.add_argument("--seed", type=int, default=0)
+    dc.add_argument("--log-every", type=int, default=25)
+    dc.add_argument("--save-every", type=int, default=100)
+    e = sub.add_parser("export")
+    e.add_argument("vae", help="calibrated VAE: .safetensors or a decoder checkpoint (its EMA)")
+    e.add_argument("dit", help="denoiser checkpoint (its EMA)")
+    e.add_argument("dir")
+    e.add_argument("--note")
     d = sub.add_parser("dit")
     d.add_argument("latents")
     d.add_argument("out")
@@ -492,7 +594,8 @@ def main():
     d.add_argument("--log-every", type=int, default=200)
     d.add_argument("--save-every", type=int, default=1000)
     a = ap.parse_args()
-    {"vae": cmd_vae, "recon": cmd_recon, "calibrate": cmd_calibrate, "latents": cmd_latents, "dit": cmd_dit}[a.cmd](a)
+    {"vae": cmd_vae, "recon": cmd_recon, "calibrate": cmd_calibrate, "latents": cmd_latents, "decoder": cmd_decoder,
+     "dit": cmd_dit, "export": cmd_export}[a.cmd](a)
 
 
 if __name__ == "__main__":
