@@ -3,6 +3,7 @@ data positions were saved), accumulation and data workers, validation, joint ima
 settings, progress output. Several processes: test_distributed.py."""
 import importlib.util
 import io
+import json
 import math
 import re
 import sys
@@ -12,6 +13,7 @@ from dataclasses import fields
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from vdm_core import checkpoint
 from vdm_core import train as train_module
@@ -105,21 +107,25 @@ def test_resume_continues_the_step_count(tmp_path):
 
 
 def test_an_older_checkpoint_resumes_with_fresh_data(tmp_path):
-    """The bundled model was saved before data positions were: it resumes, on a stream it has not seen."""
-    meta, _ = checkpoint.read(checkpoint.BUNDLED)
-    assert '"position"' not in meta["train_state"]
+    """A file saved before data positions were (its train_state has no position and seed) resumes, on a
+    stream it has not seen, with its own network whatever network settings are given."""
+    first = tiny_config(tmp_path, steps=4, out=str(tmp_path / "old.safetensors"))
+    train(first)
+    meta, tensors = checkpoint.read(first.out)
+    state = {k: v for k, v in json.loads(meta["train_state"]).items() if k not in ("position", "seed")}
+    save_file(tensors, first.out, metadata={**meta, "train_state": json.dumps(state)})
     logs = []
     out = tmp_path / "more.safetensors"
-    cfg = TrainConfig(out=str(out), steps=8001, batch=2, device="cpu", resume=str(checkpoint.BUNDLED))
+    cfg = TrainConfig(out=str(out), size=8, frames=4, steps=5, batch=2, device="cpu", resume=first.out)
     train(cfg, log=logs.append)
-    assert logs[:2] == [f"resumed {checkpoint.BUNDLED} at step 8000",
-                        f"{checkpoint.BUNDLED} holds no data position (an older checkpoint): clips and noise are "
-                        f"drawn fresh, from seed 8000"]
+    assert logs[:2] == [f"resumed {first.out} at step 4",
+                        f"{first.out} holds no data position (an older checkpoint): clips and noise are "
+                        f"drawn fresh, from seed 4"]
     model = checkpoint.load(out)
-    assert model.config == checkpoint.load().config  # the network is the checkpoint's, not cfg.model's
-    assert model.training_info["steps"] == 8001
+    assert model.config == checkpoint.load(first.out).config != cfg.model  # the checkpoint's network
+    assert model.training_info["steps"] == 5
     state = checkpoint.read(out)[0]["train_state"]
-    assert '"position": 2' in state and '"seed": 8000' in state
+    assert '"position": 2' in state and '"seed": 4' in state
 
 
 def test_accumulation_and_data_workers_take_the_same_steps(tmp_path):
