@@ -1,4 +1,4 @@
-"""Import the real ComfyUI of a harness home in this process (CPU, one thread), and load this pack the way
+"""Import the real ComfyUI of a harness home in this process (CPU, one thread; or a GPU), and load this pack the way
 ComfyUI loads a custom-node folder. For the harness scripts only (not CI); run them with that home's
 venv: ``$COMFY_HOME/venv/bin/python tests/harness/<script>.py``.
 
@@ -34,7 +34,8 @@ import comfy.cli_args  # noqa: E402,F401  (parses the command line above)
 sys.argv = _argv
 import torch  # noqa: E402
 
-torch.set_num_threads(1)
+if os.environ.get("COMFY_GPU") != "1":
+    torch.set_num_threads(1)  # the CPU harness shares 2 cores; on a GPU machine the CPU work takes every core
 
 
 def version() -> str:
