@@ -29,7 +29,7 @@ import comfy.model_management as mm
 import torch
 
 from ..vdm_core import external
-from .comfy_session import autograd_safe
+from ..vdm_app.autograd_weights import autograd_safe
 
 CAUSAL_VAES = {"WanVAE", "VideoVAE"}
 """``first_stage_model`` classes with a causal encoder: Wan 2.1/2.2 (``WanVAE``) and LTX-Video (``VideoVAE``)."""

@@ -28,6 +28,7 @@ import torch
 import comfy_model_sampling as cms
 import comfy_stubs
 from vdm_core import guidance, sampling
+from vdm_core.settings import SamplerSettings
 from vdm_core.external import SigmaModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,8 @@ def test_angle_grid_starts_at_sigma_max_and_ends_on_the_smallest_level(kind, pac
     comfy_model, *_ = pack
     ms = cms.KINDS[kind]()
     scaling, lo, hi, sigmas = comfy_model.sampling_functions(ms)
-    model = SigmaModel(scaling, lo, hi, sigmas, channels=1)
+    handed = []
+    model = SigmaModel(scaling, lo, hi, sigmas, channels=1, session=lambda window, shape, levels: handed.append(levels))
     angles = model.angles(10)
     a, b = scaling(hi)
     assert angles[0] == pytest.approx(math.atan2(b, a), abs=1e-12)
@@ -107,7 +109,8 @@ def test_angle_grid_starts_at_sigma_max_and_ends_on_the_smallest_level(kind, pac
     if kind == "eps":
         assert angles[0] == pytest.approx(math.atan(14.6146), abs=1e-4)
     # the session hands the host the grid's own noise levels, the last one followed by 0
-    assert model.session_sigmas() == pytest.approx([s for s in sigmas(10) if s > 0] + [0.0], rel=1e-9)
+    model.run(lambda: None, (1, 1, 2, 2, 2), angles)
+    assert handed == [pytest.approx([s for s in sigmas(10) if s > 0] + [0.0], rel=1e-9)]
 
 
 def test_the_grid_follows_the_shift(pack):
@@ -164,11 +167,12 @@ def test_the_window_samples_inside_cfg_guider(pack):
     z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
     before = len(samplers.state["samples"])
     with torch.inference_mode():  # as a node runs
-        got = net.run(lambda: x_hat(net, z, angles[2]), SHAPE)
+        got = net.run(lambda: x_hat(net, z, angles[2]), SHAPE, angles)
     assert torch.allclose(got, posterior(mean, std, z, angles[2]), atol=2e-5)
     (record,) = samplers.state["samples"][before:]
     assert tuple(record["noise"].shape) == SHAPE and not record["noise"].any() and not record["latent"].any()
-    assert record["sigmas"].tolist() == pytest.approx(net.session_sigmas(), rel=1e-6)
+    sigmas = pack[0].sampling_functions(cms.KINDS["flow_shift8"]())[3]
+    assert record["sigmas"].tolist() == pytest.approx([s for s in sigmas(6) if s > 0] + [0.0], rel=1e-6)
     assert record["sigmas"][0] == pytest.approx(1.0) and record["sigmas"][-1] == 0
     assert net.denoise is None  # only inside the session
     cond = patcher.model.conds_seen[-1][0]["cross_attn"]
@@ -189,8 +193,9 @@ def test_guidance_reaches_weights_loaded_in_inference_mode(pack):
     errors = []
     for w in (0.0, 0.5, 1.0):
         with torch.inference_mode():
-            x = net.run(lambda: sampling.sample(net, noise, angles, observation=obs, method="reconstruction",
-                                                guidance_weight=w, clip=False), SHAPE)
+            settings = SamplerSettings(method="reconstruction", guidance_weight=w)
+            x = net.run(lambda: sampling.sample(net, noise, angles, settings, observation=obs, clip=False), SHAPE,
+                        angles)
         errors.append(float((x[:, :, :1] - y).abs().mean()))
     assert errors[0] > errors[1] > errors[2], errors
     assert sum(p.is_inference() for p in patcher.model.parameters()) == 0
@@ -203,7 +208,7 @@ def test_cfg_uses_a_zero_negative_and_positive_as_given(pack):
     net = node(pack, model=patcher, positive=positive, cfg=3.0).network
     angles = net.angles(2)
     with torch.inference_mode():
-        net.run(lambda: net.x0(torch.zeros(SHAPE), angles[0]), SHAPE)
+        net.run(lambda: net.x0(torch.zeros(SHAPE), angles[0]), SHAPE, angles)
     seen = patcher.model.conds_seen[-2:]
     assert [c[0]["cross_attn"].shape for c in seen] == [(1, 3, 8), (1, 1, 8)]
     assert seen[0][0]["cross_attn"].eq(1).all() and not seen[1][0]["cross_attn"].any()
@@ -258,8 +263,8 @@ def test_an_in_place_model_is_functionalized_and_the_window_sampled_again(pack):
         torch.autograd.grad(plain(xx, torch.tensor([0.5])).sum(), xx)
     assert not session.functionalize
     with torch.inference_mode():
-        x = net.run(lambda: sampling.sample(net, noise, angles, observation=obs, guidance_weight=1.0, clip=False),
-                    SHAPE)
+        x = net.run(lambda: sampling.sample(net, noise, angles, SamplerSettings(guidance_weight=1.0), observation=obs,
+                                            clip=False), SHAPE, angles)
     assert session.functionalize and torch.isfinite(x).all()
     assert "forward" not in patcher.model.diffusion_model.__dict__  # unwrapped afterwards
 
@@ -280,7 +285,7 @@ def test_cancel_passes_through_and_the_session_is_restored(pack):
             raise exc()
 
         with pytest.raises(exc), torch.inference_mode():
-            net.run(fn, SHAPE)
+            net.run(fn, SHAPE, angles)
         assert net.denoise is None and not net._session.active
 
 
@@ -291,7 +296,7 @@ def test_in_training_is_set_for_the_window_and_restored(pack, monkeypatch):
     net = node(pack, model=load_model(stubs)).network
     seen = []
     with torch.inference_mode():
-        net.run(lambda: seen.append(mm.in_training) or torch.zeros(SHAPE), SHAPE)
+        net.run(lambda: seen.append(mm.in_training) or torch.zeros(SHAPE), SHAPE, net.angles(4))
     assert seen == [True] and mm.in_training is False
 
 
@@ -433,7 +438,7 @@ def test_the_vae_latent_space(pack):
         return img.detach(), g
 
     with torch.inference_mode():
-        img, g = net.run(inside, SHAPE)
+        img, g = net.run(inside, SHAPE, angles)
     raw = fmt.process_out(x)
     assert img.shape == (1, 3, 9, 4, 10) and torch.allclose(img, vae.first_stage_model.decode(raw), atol=1e-6)
     assert torch.isfinite(g).all() and g.abs().sum() > 0  # through decoder weights made in inference mode

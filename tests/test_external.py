@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from vdm_core import guidance, sampling, tasks
+from vdm_core import guidance, latent_jobs, sampling, tasks
+from vdm_core.settings import SamplerSettings, auto_guidance_weight
 from vdm_core.external import LatentSpace, SigmaModel
 from vdm_core.schedule import sampling_angles
 
@@ -39,7 +40,8 @@ class Prior:
 
 
 def flow(shift=3.0):
-    """A flow model's coordinates x = (1 − σ)·x0 + σ·ε and its shifted 'simple' grid (comfy-models.md §1–2)."""
+    """A flow model's coordinates x = (1 − σ)·x0 + σ·ε and its shifted 'simple' grid (ComfyUI:
+    comfy/model_sampling.py)."""
     def sigmas(steps):
         t = torch.linspace(1, 0, steps + 1, dtype=D)
         return (shift * t / (1 + (shift - 1) * t)).tolist()
@@ -107,15 +109,15 @@ def test_guidance_through_its_own_schedule_reaches_the_conditional_mean(kind, as
     noise = torch.randn(512, 1, 5, 1, 1, generator=_gen(2))
     err = {}
     for method, w in (("replacement", 0.0), ("both", 8.0)):
-        out = sampling.sample(model, noise, model.angles(20), observation=obs, method=method, guidance_weight=w,
-                              clip=False, generator=_gen(3))
+        out = sampling.sample(model, noise, model.angles(20), SamplerSettings(method=method, guidance_weight=w),
+                              observation=obs, clip=False, generator=_gen(3))
         err[method] = regression_error(out, x[:, :, known], unknown, known, prior.cov)
 
     def own_grid(z, phi):
         p = float(phi[0])
         return (math.cos(p) * z - prior.mean(z, p)) / math.sin(p)
-    out = sampling.sample(own_grid, noise, sampling_angles(20), observation=obs, method="both", guidance_weight=8.0,
-                          clip=False, generator=_gen(3))
+    out = sampling.sample(own_grid, noise, sampling_angles(20), SamplerSettings(guidance_weight=8.0),
+                          observation=obs, clip=False, generator=_gen(3))
     pack = regression_error(out, x[:, :, known], unknown, known, prior.cov)
     assert err["replacement"] > 0.6, err
     assert err["both"] < 0.65 * err["replacement"], err
@@ -152,19 +154,19 @@ class ToyVAE:
 
 def latent_model(frames=None, seed=0, log=None):
     """A SigmaModel of the latent prior N(0, Σ) over latent frames (flow coordinates), in ToyVAE's space;
-    ``log`` collects each session's latent shape."""
+    ``log`` collects each session's latent shape and noise levels; the session hands the window its denoiser."""
     kind = flow(3.0)
 
     def denoise(x, sigma):
         a, b = kind["scaling"](float(sigma[0]))
         return Prior(x.shape[2], rho=0.8).mean(x / math.hypot(a, b), math.atan2(b, a))
 
-    def session(fn, shape):
+    def session(window, shape, sigmas):
         if log is not None:
-            log.append(tuple(shape))
-        return fn()
+            log.append((tuple(shape), sigmas))
+        return window(denoise)
 
-    return SigmaModel(**kind, channels=2, denoise=denoise, session=session, space=ToyVAE().space(), frames=frames)
+    return SigmaModel(**kind, channels=2, session=session, space=ToyVAE().space(), frames=frames)
 
 
 def clip_of(frames, h=8, w=8, seed=0):
@@ -178,8 +180,11 @@ def test_latent_extension_of_1_plus_4k_frames_knows_its_latents_exactly():
     out = tasks.extend(model, clip, 16, steps=4, seed=1)
     assert out.shape == (3, 25, 8, 8)
     assert torch.equal(out[:, :9], clip)  # the input frames come back unchanged
-    # 25 frames = 7 latents: windows [1, 5) and [3, 7) of 4 latents, each sampled in the host's session
-    assert sessions == [(1, 2, 4, 4, 4)] * 2
+    # 25 frames = 7 latents: windows [1, 5) and [3, 7) of 4 latents, each sampled in the host's session, which
+    # is given the levels the loop evaluates (the model's own grid) and then 0
+    grid = [s for s in flow(3.0)["sigmas"](4) if s > 0] + [0.0]
+    assert [shape for shape, _ in sessions] == [(1, 2, 4, 4, 4)] * 2
+    assert all(levels == pytest.approx(grid, rel=1e-12, abs=1e-12) for _, levels in sessions)
     lat = ToyVAE().encode(out[None])[0]
     # the first new latents are conditioned on the known ones: not the prior's mean (zero)
     assert lat[:, 3].abs().mean() > 0.01
@@ -189,7 +194,7 @@ def test_latent_extension_observes_a_partial_group_in_pixels():
     model = latent_model()
     clip = clip_of(7)  # 1 + 4 frames known as latents, frames 5 and 6 only in pixels
     seen = []
-    real = tasks._latent_observation
+    real = latent_jobs.latent_observation
 
     def spy(win, lat, space, known, device, auto):
         obs = real(win, lat, space, known, device, auto)
@@ -197,7 +202,7 @@ def test_latent_extension_observes_a_partial_group_in_pixels():
         return obs
 
     tasks_mp = pytest.MonkeyPatch()
-    tasks_mp.setattr(tasks, "_latent_observation", spy)
+    tasks_mp.setattr(latent_jobs, "latent_observation", spy)
     try:
         out = tasks.extend(model, clip, 6, steps=4, seed=2)
     finally:
@@ -220,7 +225,7 @@ def test_latent_pixel_observations_fall_as_the_weight_rises(job):
         clip = guidance.area_downsample(truth[None], 2)[0]
         run = lambda w: tasks.upscale(model, clip, 2, steps=8, guidance_weight=w, seed=4)  # noqa: E731
         err = lambda out: (guidance.area_downsample(out[None], 2)[0] - clip).pow(2).mean().sqrt()  # noqa: E731
-    auto = tasks.default_guidance_weight(1 if job == "interpolate" else 2)
+    auto = auto_guidance_weight(1 if job == "interpolate" else 2)
     errs = [err(run(w)).item() for w in (0.0, auto / 4, auto)]  # gains 0, 1/4 and 1 on the observed pixels
     assert run(0.0).shape == (3, 17, 16, 16)
     assert errs[0] > errs[1] > errs[2], errs

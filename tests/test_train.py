@@ -304,7 +304,7 @@ def test_every_setting_is_a_typed_field_with_help(cls):
 @pytest.mark.parametrize("setting, message", [
     (dict(batch=0), "--batch must be at least 1, got 0"),
     (dict(log_every=0), "--log-every must be at least 1, got 0"),
-    (dict(precision="half"), "--precision must be one of auto, fp32, bf16, fp16, got 'half'"),
+    (dict(precision="half"), "--precision must be one of auto, fp32, fp16, bf16, got 'half'"),
     (dict(crop="middle"), "--crop must be one of random, centre, got 'middle'"),
     (dict(images="x", image_ratio=1.5), "--image-ratio must be between 0 and 1"),
     (dict(ema_decay=1.0), r"--ema-decay must be in \[0, 1\), got 1.0"),

@@ -2,7 +2,7 @@
 
 The job commands are the nodes on the command line: their flags are built from the node spec
 (``vdm_app.spec``: same names, defaults, ranges and help as the ComfyUI widgets) and they run the same job
-functions (``vdm_app.jobs``) through ``jobs.run_node``. ``vdm train``'s flags are built from the fields of
+functions (``vdm_app.node_functions``) through ``node_functions.run_node``. ``vdm train``'s flags are built from the fields of
 ``vdm_core.train.TrainConfig`` and its network config. Every input is checked, and the output path too,
 before any compute is spent; an error a user can cause is one line naming the input and what to do.
 """
@@ -111,7 +111,7 @@ def _input_args(p) -> None:
 
 def _run_job(args, label: str, job_node: str | None) -> None:
     """Check everything, read the input, load the model, sample the job (or a new clip), write the output."""
-    from . import jobs
+    from . import clips, models, node_functions
     from .executor import _resolve_model
     from .lib import ProgressBar, video_io
 
@@ -126,17 +126,18 @@ def _run_job(args, label: str, job_node: str | None) -> None:
             value = getattr(args, name)
             if value is not None and value < minimum:
                 raise spec.InputError("", f"--{name.replace('_', '-')}", f"must be at least {minimum}, got {value}")
-        images, fps, audio = jobs.read_clip(args.input, start=args.start, max_frames=args.max_frames,
+        images, fps, audio = clips.read_clip(args.input, start=args.start, max_frames=args.max_frames,
                                             short_side=args.short_side)
-        (job,) = jobs.run_node(job_node, {"frames": images, "fps": fps, "audio": audio, **settings})
+        (job,) = node_functions.run_node(job_node, {"frames": images, "fps": fps, "audio": audio, **settings})
     else:
         job = None
-    (model,) = jobs.run_node("VDM_LoadModel", load, resolve_path=_resolve_model, device=device)
-    images, fps, audio = jobs.run_node("VDM_SampleDDIMv", {**sample, "model": model, "job": job},
-                                   progress=ProgressBar(f"vdm {label}"), load_model_to_device=jobs.move_to(device))
+    (model,) = node_functions.run_node("VDM_LoadModel", load, resolve_path=_resolve_model, device=device)
+    images, fps, audio = node_functions.run_node("VDM_SampleDDIMv", {**sample, "model": model, "job": job},
+                                                 progress=ProgressBar(f"vdm {label}"),
+                                                 load_model_to_device=models.move_to(device))
     if job is None and args.fps is not None:
         fps = args.fps
-    print(jobs.write_clip(args.out, images, fps, audio))
+    print(clips.write_clip(args.out, images, fps, audio))
 
 
 def add_sample(sub) -> None:

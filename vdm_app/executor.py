@@ -1,6 +1,6 @@
 """``vdm run`` without ComfyUI: execute a prompt graph of this pack's nodes and ComfyUI's core video nodes.
 
-Each VDM node runs the same job function its ComfyUI node calls (``jobs.run_node``); the core video nodes the
+Each VDM node runs the same node function its ComfyUI node calls (``node_functions.run_node``); the core video nodes the
 examples use run through small adapters here:
 
 * ``LoadVideo`` (``file``: a path; relative paths are taken from the current folder) → VIDEO
@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import jobs, spec
+from . import clips, models, node_functions, spec
 from .graph import OUTPUT_NODES, WorkflowError, check_prompt, execution_order, is_link, title
 from .lib import ProgressBar, video_io
 
@@ -54,7 +54,7 @@ def load_video(file: str) -> tuple[Video]:
     if not path.exists():
         raise FileNotFoundError(f"LoadVideo: {path} does not exist; give a clip with --set file=PATH, or "
                                 "--input-dir FOLDER to run the workflow on every clip in a folder")
-    return (Video(*jobs.read_clip(path)),)
+    return (Video(*clips.read_clip(path)),)
 
 
 def get_video_components(video: Video) -> tuple:
@@ -68,7 +68,7 @@ def create_video(images: Tensor, fps: float, audio: dict | None = None, bit_dept
     """CreateVideo: frames + frame rate (+ sound) → VIDEO (8-bit only headless)."""
     if int(bit_depth) != 8:
         raise WorkflowError(f"CreateVideo: vdm run writes 8-bit video; set bit_depth to 8 (got {bit_depth})")
-    jobs.image_to_clip(images, "CreateVideo images")  # checks the layout early
+    clips.image_to_clip(images, "CreateVideo images")  # checks the layout early
     return (Video(images, float(fps), audio),)
 
 
@@ -197,8 +197,8 @@ def run_prompt(prompt: dict, save: Namer, *, device=None, log=None) -> list[Path
             else:
                 hooks = {"VDM_LoadModel": {"resolve_path": _resolve_model, "device": device},
                          "VDM_SampleDDIMv": {"progress": ProgressBar(title(nid, node)),
-                                             "load_model_to_device": jobs.move_to(device)}}.get(ct, {})
-                results[nid] = tuple(jobs.run_node(ct, kwargs, **hooks))
+                                             "load_model_to_device": models.move_to(device)}}.get(ct, {})
+                results[nid] = tuple(node_functions.run_node(ct, kwargs, **hooks))
         except TypeError as e:  # a missing required input of a core node
             raise WorkflowError(f"{title(nid, node)}: {e}") from None
         except spec.InputError as e:
@@ -210,7 +210,7 @@ def run_prompt(prompt: dict, save: Namer, *, device=None, log=None) -> list[Path
 def _save_video(nid: str, path: Path, video) -> Path:
     if not isinstance(video, Video):
         raise WorkflowError(f"SaveVideo (node {nid}): video must come from CreateVideo or LoadVideo")
-    return jobs.write_clip(path, video.images, video.fps, video.audio)
+    return clips.write_clip(path, video.images, video.fps, video.audio)
 
 
 def numbered_name(output_dir) -> Namer:

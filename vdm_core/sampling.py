@@ -30,16 +30,16 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .guidance import DEFAULT_GUIDANCE_WEIGHT, Observation, check_observation
+from .guidance import Observation, check_observation
 from .schedule import eps_from_x, x_from_v
+from .settings import METHODS, SamplerSettings
 
 Denoiser = Callable[[Tensor, float], Tensor]
 """``D(z, φ) → x̃``: the clean clip predicted from ``z`` at angle ``φ`` (float32, ``z``'s shape)."""
-Callback = Callable[[int, int, Tensor], None]
+StepCallback = Callable[[int, int, Tensor], None]
 """``callback(step, steps, x̃)`` after every step; an exception raised there stops sampling."""
-
-METHODS = ("reconstruction", "replacement", "both")
-"""How an observation conditions sampling (:func:`conditioned`)."""
+NON_FINITE = ("the prediction became NaN/inf at step {step}/{steps}; run the model in float32 or bfloat16, or "
+              "lower the guidance weight")
 
 
 def _randn(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -68,7 +68,7 @@ def ddim_step(z: Tensor, x: Tensor, phi_t: float, phi_s: float, eta: float = 0.0
 
 
 def ddim(denoiser: Denoiser, z: Tensor, angles, *, eta: float = 0.0, generator: torch.Generator | None = None,
-         callback: Callback | None = None) -> Tensor:
+         callback: StepCallback | None = None) -> Tensor:
     """Step ``z`` (the state at ``angles[0]``) down the grid ``angles`` (decreasing, ≥ 2 entries) with
     :func:`ddim_step`; returns the last ``x̃``. ``generator`` draws the η-noise ``ξ``."""
     phis = [float(p) for p in angles]
@@ -79,10 +79,12 @@ def ddim(denoiser: Denoiser, z: Tensor, angles, *, eta: float = 0.0, generator: 
         raise ValueError(f"eta must be a number >= 0, got {eta}")
     steps = len(phis) - 1
     for i, (phi_t, phi_s) in enumerate(zip(phis, phis[1:])):
-        x = denoiser(z, phi_t)
+        try:
+            x = denoiser(z, phi_t)
+        except NonFinitePrediction:
+            raise FloatingPointError(NON_FINITE.format(step=i + 1, steps=steps)) from None
         if not torch.isfinite(x).all():
-            raise FloatingPointError(f"the prediction became NaN/inf at step {i + 1}/{steps}; run the model in "
-                                     "float32 or bfloat16, or lower the guidance weight")
+            raise FloatingPointError(NON_FINITE.format(step=i + 1, steps=steps))
         z = ddim_step(z, x, phi_t, phi_s, eta, generator)
         if callback is not None:
             callback(i + 1, steps, x)
@@ -92,11 +94,18 @@ def ddim(denoiser: Denoiser, z: Tensor, angles, *, eta: float = 0.0, generator: 
 # ---------------------------------------------------------------------------------------------- denoisers
 
 
+class NonFinitePrediction(FloatingPointError):
+    """The model returned NaN or ±inf (e.g. a float16 overflow); :func:`ddim` reports the step."""
+
+
 def predict_x(model) -> Denoiser:
-    """The denoiser of a v-model: ``x̂ = cos φ·z − sin φ·v̂(z, φ)`` (``schedule.x_from_v``)."""
+    """The denoiser of a v-model: ``x̂ = cos φ·z − sin φ·v̂(z, φ)`` (``schedule.x_from_v``). A ``v̂`` that is
+    not finite raises :class:`NonFinitePrediction` before anything (a clamp) can hide it."""
 
     def denoise(z: Tensor, phi: float) -> Tensor:
         v = model(z, torch.full((z.shape[0],), phi, device=z.device)).to(z.dtype)
+        if not torch.isfinite(v).all():
+            raise NonFinitePrediction("the model returned NaN/inf")
         return x_from_v(z, v, torch.tensor(phi, dtype=torch.float64))
 
     return denoise
@@ -164,7 +173,7 @@ def projected(denoiser: Denoiser, observation: Observation, below: float) -> Den
 
 
 def conditioned(model, observation: Observation | None = None, *, method: str = "both",
-                guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, clip: bool = True,
+                guidance_weight: float = 0.0, clip: bool = True,
                 generator: torch.Generator | None = None, final_angle: float | None = None) -> Denoiser:
     """The denoiser of v-model ``model`` conditioned on ``observation`` by ``method``:
 
@@ -202,15 +211,20 @@ def conditioned(model, observation: Observation | None = None, *, method: str = 
     return den
 
 
-def sample(model, noise: Tensor, angles, *, observation: Observation | None = None, method: str = "both",
-           guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, eta: float = 0.0, clip: bool = True,
-           generator: torch.Generator | None = None, callback: Callback | None = None) -> Tensor:
+def sample(model, noise: Tensor, angles, settings: SamplerSettings = SamplerSettings(), *,
+           observation: Observation | None = None, clip: bool = True, generator: torch.Generator | None = None,
+           callback: StepCallback | None = None) -> Tensor:
     """Sample ``x`` (float32 ``[B, C, F, H, W]``) from ``noise`` (``ε``, that shape) with v-model ``model``
     down the angle grid ``angles``: :func:`ddim` from ``z = sin φ_0·ε`` with the :func:`conditioned`
-    denoiser. ``generator`` drives every random draw (η-noise, replacement noise)."""
+    denoiser. ``settings`` gives η, the method and ``w_r`` (resolved: ``SamplerSettings.for_factor``; its
+    ``steps`` and ``seed`` are the caller's, who made ``angles`` and ``generator`` from them). ``generator``
+    drives every random draw (η-noise, replacement noise)."""
     phis = [float(p) for p in angles]
+    weight = 0.0
     if observation is not None:
         check_observation(observation, noise)
-    den = conditioned(model, observation, method=method, guidance_weight=guidance_weight, clip=clip,
+        weight = settings.weight if settings.method != "replacement" else 0.0
+    den = conditioned(model, observation, method=settings.method, guidance_weight=weight, clip=clip,
                       generator=generator, final_angle=phis[-2] if len(phis) > 1 else None)
-    return ddim(den, math.sin(phis[0]) * noise.float(), phis, eta=eta, generator=generator, callback=callback)
+    return ddim(den, math.sin(phis[0]) * noise.float(), phis, eta=settings.eta, generator=generator,
+                callback=callback)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, precision
 from .data import SPRITES_VERSION, SpriteClips, item_rng, item_seed
 from .footage import CROPS, ClipFolder, ImageFolder, WithImages
 from .motion import MotionMix
@@ -38,7 +38,6 @@ from .schedule import phi_of_t, q_sample, v_target
 from .train_log import TrainLog
 from .unet3d import UNet3D, UNet3DConfig
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _opt(default, help: str):
@@ -178,8 +177,8 @@ def _check(cfg: TrainConfig) -> None:
                          f"{cfg.weight_decay}")
     if not 0 <= cfg.ema_decay < 1:
         raise ValueError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay}")
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.precision not in precision.NAMES:
+        raise ValueError(f"--precision must be one of {', '.join(precision.NAMES)}, got {cfg.precision!r}")
     if cfg.crop not in CROPS:
         raise ValueError(f"--crop must be one of {', '.join(CROPS)}, got {cfg.crop!r}")
     if cfg.images and not 0 < cfg.image_ratio < 1:
@@ -187,15 +186,10 @@ def _check(cfg: TrainConfig) -> None:
                          f"{cfg.image_ratio}")
 
 
-def _precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: fp32)."""
-    if name == "auto":
-        if device.type == "cpu":
-            return None
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--precision`` (``precision.resolve``; None: fp32, no autocast)."""
+    dtype = precision.resolve(name, device, training=True)
+    return None if dtype == torch.float32 else dtype
 
 
 def _workers(cfg: TrainConfig, group: distributed.Group) -> int:
@@ -237,7 +231,7 @@ def _train(cfg: TrainConfig, group: distributed.Group, log) -> Path:
     model.gradient_checkpointing = cfg.gradient_checkpointing
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    amp_dtype = _precision(cfg.precision, device)
+    amp_dtype = _autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
     run = _Resumed(seed=cfg.seed) if not cfg.resume else _resume(cfg, net, model, ema, opt, scaler)
@@ -247,10 +241,10 @@ def _train(cfg: TrainConfig, group: distributed.Group, log) -> Path:
         report.info(note)
     data = _training_data(cfg, seed, report)
     workers = _workers(cfg, group)
-    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast, loss scaling"}
+    described = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast, loss scaling"}
     report.info(f"training on {world} process(es) ({device} each): global batch {cfg.batch} = {world} × "
                 f"{cfg.accumulate} micro-batch(es) × {cfg.batch // (world * cfg.accumulate)} clips, "
-                f"{precision[amp_dtype]}, {workers} data worker(s) per process")
+                f"{described[amp_dtype]}, {workers} data worker(s) per process")
 
     ddp = DistributedDataParallel(model, device_ids=None if device.type == "cpu" else [device.index]) \
         if world > 1 else model
