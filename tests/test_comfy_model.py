@@ -14,19 +14,17 @@ stand-ins of ComfyUI's modules (tests/comfy_stubs.py) and of its model_sampling 
 
 The real ComfyUI runs of the same code are tests/harness/ (not CI).
 """
-import asyncio
-import importlib.util
 import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from unittest import mock
 
 import pytest
 import torch
 
 import comfy_model_sampling as cms
 import comfy_stubs
+from comfy_pack import stubbed_pack
 from vdm_core import guidance, sampling
 from vdm_core.settings import SamplerSettings
 from vdm_core.external import SigmaModel
@@ -40,20 +38,9 @@ def pack(tmp_path_factory):
     """(the pack's nodes.comfy_model module, comfy_session, comfy_space, stub modules)."""
     stubs = comfy_stubs.modules(str(tmp_path_factory.mktemp("models")))
     name = "custom_nodes_comfyui-vdm_comfy_model"
-    # only the stubs and the pack's modules come and go: third-party modules first imported meanwhile (torch's
-    # own, e.g. by torch.func) stay, so they are never imported twice
-    with mock.patch.dict(sys.modules, stubs):
-        try:
-            spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-            asyncio.run(module.comfy_entrypoint())
-            yield (sys.modules[name + ".nodes.comfy_model"], sys.modules[name + ".nodes.comfy_session"],
-                   sys.modules[name + ".nodes.comfy_space"], stubs)
-        finally:
-            added = {k: v for k, v in sys.modules.items() if k not in stubs and not k.startswith(name)}
-    sys.modules.update(added)
+    with stubbed_pack(stubs, name=name):
+        yield (sys.modules[name + ".nodes.comfy_model"], sys.modules[name + ".nodes.comfy_session"],
+               sys.modules[name + ".nodes.comfy_space"], stubs)
 
 
 def prior(seed=0, shape=SHAPE):

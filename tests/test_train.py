@@ -47,6 +47,15 @@ def test_training_lowers_the_loss(tmp_path):
     assert re.fullmatch(r"step 30/30 loss [\d.]+ lr [\d.e+-]+ [\d.]+ clips/s eta 00:00", logs[-2])
 
 
+def test_a_run_that_ends_inside_the_warm_up_says_so(tmp_path):
+    logs = []
+    train(tiny_config(tmp_path, steps=2, warmup=5), log=logs.append)
+    assert any("--steps 2 ends inside the 5-step learning-rate warm-up" in line for line in logs), logs
+    logs.clear()
+    train(tiny_config(tmp_path, steps=3, warmup=2), log=logs.append)
+    assert not any("warm-up" in line for line in logs)
+
+
 def test_v_loss_of_a_zero_model_is_the_mean_square_of_v():
     x = sprite_batch("val", range(64), size=8, frames=2)
     zero = lambda z, phi: torch.zeros_like(z)  # noqa: E731

@@ -9,12 +9,10 @@ host-only Use ComfyUI Model node — so their API twins are checked for structur
 its spec, every core node has its inputs), and ``vdm run`` must refuse them with a pointer to ComfyUI;
 tests/harness/ runs them in the real ComfyUI.
 """
-import asyncio
 import base64
 import hashlib
 import io
 import socket
-import importlib.util
 import json
 import sys
 import tempfile
@@ -22,7 +20,6 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -30,6 +27,7 @@ import torch
 from PIL import Image
 
 import comfy_stubs
+from comfy_pack import stubbed_pack
 from vdm_app import cli, executor, graph, pool, remote
 from vdm_core import checkpoint, data, video_io
 from vdm_core.unet3d import UNet3D, UNet3DConfig
@@ -68,14 +66,8 @@ TINY = UNet3DConfig(base_width=8, width_mults=(1, 2), heads=2, resolution=16, fr
 def schemas(tmp_path_factory):
     """{node_id: Schema} of the pack's nodes, imported the way ComfyUI imports it (with stand-in modules)."""
     models = tmp_path_factory.mktemp("models")
-    with mock.patch.dict(sys.modules, comfy_stubs.modules(str(models))):
-        name = "custom_nodes_comfyui-vdm_workflows"
-        spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-        return {n.GET_SCHEMA().node_id: n.GET_SCHEMA() for n in nodes}
+    with stubbed_pack(comfy_stubs.modules(str(models)), name="custom_nodes_comfyui-vdm_workflows") as (_, _, nodes):
+        return {node_id: n.GET_SCHEMA() for node_id, n in nodes.items()}
 
 
 @pytest.fixture(scope="module")

@@ -126,11 +126,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _resolve_model(name: str) -> Path:
+RUN_MODEL_HINT = (f"give the path of a .safetensors checkpoint written by vdm train (--set model_name=PATH), or "
+                  f"'{spec.BUNDLED_NAME}'")
+
+
+def model_path(name: str, how: str = RUN_MODEL_HINT) -> Path:
+    """The checkpoint file a ``model_name`` names (any name but the bundled model's is a path); a FileNotFoundError
+    saying what is wrong with it and ``how`` to give another (the front end's way)."""
     path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"Load VDM: no file {str(path)!r} exists; {how}")
     if not path.is_file():
-        raise FileNotFoundError(f"Load VDM: model {name!r} is neither '{spec.BUNDLED_NAME}' nor a checkpoint "
-                                f"file; give a .safetensors path (e.g. --set model_name=PATH)")
+        raise FileNotFoundError(f"Load VDM: {str(path)!r} is a folder, not a checkpoint file; {how}")
     return path
 
 
@@ -195,7 +202,7 @@ def run_prompt(prompt: dict, save: Namer, *, device=None, log=None) -> list[Path
             elif ct in CORE_FUNCTIONS:
                 results[nid] = tuple(CORE_FUNCTIONS[ct](**{k: v for k, v in kwargs.items() if k not in UI_ONLY}))
             else:
-                hooks = {"VDM_LoadModel": {"resolve_path": _resolve_model, "device": device},
+                hooks = {"VDM_LoadModel": {"resolve_path": model_path, "device": device},
                          "VDM_SampleDDIMv": {"progress": ProgressBar(title(nid, node)),
                                              "load_model_to_device": models.move_to(device)}}.get(ct, {})
                 results[nid] = tuple(node_functions.run_node(ct, kwargs, **hooks))

@@ -239,6 +239,10 @@ def _train(cfg: TrainConfig, group: distributed.Group, log) -> Path:
     report = TrainLog(cfg.steps, start, cfg.batch, cfg.log_every, group.main, log, cfg.tensorboard)
     for note in run.notes:
         report.info(note)
+    if cfg.steps <= cfg.warmup:
+        report.info(f"note: --steps {cfg.steps} ends inside the {cfg.warmup}-step learning-rate warm-up: the learning "
+                    f"rate never reaches --lr and the model will barely learn; give --steps well above --warmup "
+                    f"(or lower --warmup)")
     data = _training_data(cfg, seed, report)
     workers = _workers(cfg, group)
     described = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast, loss scaling"}
