@@ -7,7 +7,7 @@ import torch
 
 from vdm_app import cli, spec
 from vdm_app.cli import main
-from vdm_core import checkpoint, tasks, video_io
+from vdm_core import checkpoint, tasks, video_io, video_write
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
 
@@ -21,7 +21,7 @@ def files(tmp_path_factory):
     frames = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
     t = torch.arange(12000) / 12000  # 3 frames at 12 fps = 0.25 s of a 440 Hz tone at 48 kHz
     audio = video_io.Audio(0.3 * torch.sin(2 * torch.pi * 440 * t)[None], 48000)
-    clip = video_io.write_video(d / "in.mp4", frames, 12, audio)
+    clip = video_write.write_video(d / "in.mp4", frames, 12, audio)
     return d, str(ckpt), str(clip)
 
 
@@ -168,7 +168,7 @@ def test_the_bundled_model_on_a_larger_clip_says_what_to_expect_before_sampling(
 
     monkeypatch.setattr(tasks, "run", stop)
     for size, warned in ((48, True), (16, False)):
-        clip = video_io.write_video(tmp_path / f"real{size}.mp4", torch.zeros(3, 4, size, size), 8)
+        clip = video_write.write_video(tmp_path / f"real{size}.mp4", torch.zeros(3, 4, size, size), 8)
         caplog.clear()
         with pytest.raises(Stop):
             main(["extend", str(clip), "-o", str(tmp_path / "out.mp4"), "--frames", "2", "--device", "cpu"])

@@ -1,5 +1,5 @@
 """Observations, operators, and the sampler conditioned on them: reconstruction guidance, replacement, the
-final projection (vdm-reference §1.7–1.10)."""
+final projection (VDM §3.1, eq. 7–8)."""
 import math
 
 import pytest
@@ -10,7 +10,7 @@ from vdm_core.guidance import (Observation, area_downsample, combine, downsample
                                match_block_means, select_frames)
 from vdm_core.sampling import guided, predict_x, sample
 from vdm_core.settings import SamplerSettings
-from vdm_core.schedule import PHI_MAX, sampling_angles
+from vdm_core.schedule import sampling_angles
 
 from oracle import regression_error
 

@@ -19,7 +19,8 @@ from vdm_core.data import SpriteClips, sprite_batch
 from vdm_core.train import TrainConfig, item_noise, lr_at, train, v_loss, v_losses
 from vdm_core.train_log import TrainLog
 from vdm_core.unet3d import UNet3D, UNet3DConfig
-from vdm_core.video_io import probe, write_video
+from vdm_core.video_io import probe
+from vdm_core.video_write import write_video
 
 from train_runs import drift, initial_weights, losses, raw_weights, tiny_config
 

@@ -14,7 +14,6 @@ import hashlib
 import io
 import socket
 import json
-import sys
 import tempfile
 import threading
 import uuid
@@ -29,7 +28,7 @@ from PIL import Image
 import comfy_stubs
 from comfy_pack import stubbed_pack
 from vdm_app import cli, executor, graph, pool, remote
-from vdm_core import checkpoint, data, video_io
+from vdm_core import checkpoint, data, video_io, video_write
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,7 +252,7 @@ def test_demo_writes_the_extend_example(tiny, tmp_path, monkeypatch):
 def write_clips(folder, seeds, frames=4):
     folder.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
-        video_io.write_video(folder / f"clip{seed}.mp4", data.sprite_clip(seed, size=16, frames=frames), fps=8)
+        video_write.write_video(folder / f"clip{seed}.mp4", data.sprite_clip(seed, size=16, frames=frames), fps=8)
 
 
 def test_batch_over_a_folder_resumes(tiny, tmp_path, capsys):
@@ -491,7 +490,7 @@ def video_bytes(seed: int, suffix=".mp4") -> bytes:
     """A real 2-frame 16x16 clip (sprite clip ``seed``) as the bytes of a file."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"clip{suffix}"
-        video_io.write_video(path, data.sprite_clip(seed, size=16, frames=2), fps=8)
+        video_write.write_video(path, data.sprite_clip(seed, size=16, frames=2), fps=8)
         return path.read_bytes()
 
 
@@ -694,6 +693,27 @@ def test_server_pool_requeues_a_clip_after_any_error(tmp_path, monkeypatch):
                                log=lambda msg: None, under=lambda item: tmp_path)
     assert failed == [] and len(written) == 3 and all(p.name.startswith("2-") for p in written)
     assert all(c.failed_on <= {"http://127.0.0.1:1"} for c in clips)
+
+
+def test_one_server_batch_fails_a_clip_on_any_error_and_goes_on(tmp_path, monkeypatch, capsys):
+    """A malformed reply (here a KeyError) fails that clip only; the other clips of the folder still run."""
+    from vdm_app import batch
+
+    clips, out = tmp_path / "in", tmp_path / "out"
+    write_clips(clips, [1, 2], frames=2)
+    ran = []
+
+    def run_on_server(server, prompt, outputs, log):
+        ran.append(1)
+        if len(ran) == 1:
+            raise KeyError("prompt_id")
+        return []
+
+    monkeypatch.setattr(batch, "run_on_server", run_on_server)
+    assert vdm("run", ROOT / "workflows" / "api" / "extend_video.json", "--input-dir", clips, "--output-dir", out,
+               "--server", "http://127.0.0.1:1") == 1
+    err = capsys.readouterr().err
+    assert len(ran) == 2 and "FAILED clip1.mp4: KeyError" in err and "1 clip(s) failed: clip1.mp4" in err
 
 
 @pytest.mark.parametrize("cut", ["/view", "/history"])

@@ -115,11 +115,11 @@ def _run_job(args, label: str, job_node: str | None) -> None:
     """Check everything, read the input, load the model, sample the job (or a new clip), write the output."""
     from . import clips, models, node_functions
     from .executor import model_path
-    from .lib import ProgressBar, video_io
+    from .lib import ProgressBar, video_write
 
     load, sample = spec_values(args, "VDM_LoadModel"), spec_values(args, "VDM_SampleDDIMv")
     settings = spec_values(args, job_node) if job_node else {}
-    video_io.output_target(args.out)  # refuse a bad output path before any compute
+    video_write.output_target(args.out)  # refuse a bad output path before any compute
     device = _device(args)
     if load["model_name"] != spec.BUNDLED_NAME:
         model_path(load["model_name"], CLI_MODEL_HINT)
@@ -320,9 +320,9 @@ def example(name: str) -> Path:
 def _demo(args) -> int:
     from .executor import accepts, run_prompt
     from .graph import apply_sets, load_prompt
-    from .lib import video_io
+    from .lib import video_write
 
-    video_io.output_target(args.out)
+    video_write.output_target(args.out)
     prompt = load_prompt(example("extend"))
     if args.steps is not None:
         prompt = apply_sets(prompt, [f"steps={int(args.steps)}"], accepts)

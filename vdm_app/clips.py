@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .lib import video_io
+from .lib import video_io, video_write
 
 PREVIEW_FRAMES = 8
 
@@ -68,12 +68,12 @@ def read_clip(path, **read) -> tuple[Tensor, float, dict | None]:
 
 
 def write_clip(path, images: Tensor, fps: float, audio: dict | None = None) -> Path:
-    """Write an IMAGE batch (with its AUDIO, if any) as a video file (``video_io.write_video``); returns the path."""
+    """Write an IMAGE batch (with its AUDIO, if any) as a video file (``video_write.write_video``); returns the path."""
     sound = None
     if audio is not None:
         wave = audio["waveform"]
         sound = video_io.Audio(wave[0] if wave.ndim == 3 else wave, int(audio["sample_rate"]))
-    return video_io.write_video(path, image_to_clip(images, "images"), fps, sound)
+    return video_write.write_video(path, image_to_clip(images, "images"), fps, sound)
 
 
 def check_audio(audio, name: str = "audio") -> dict | None:

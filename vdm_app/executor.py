@@ -11,7 +11,7 @@ examples use run through small adapters here:
 
 Everything a user can get wrong is checked before the first node runs: node types and input names,
 every value against the node spec (``spec.check_value``: type, range, finite numbers, choices), and
-every output file the save nodes will write (``video_io.output_target``). Outputs are written
+every output file the save nodes will write (``video_write.output_target``). Outputs are written
 atomically. A single run names files the ComfyUI way, ``<output dir>/<filename_prefix>_00001_.mp4``.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from . import clips, models, node_functions, spec
 from .graph import OUTPUT_NODES, WorkflowError, check_prompt, execution_order, is_link, title
-from .lib import ProgressBar, video_io
+from .lib import ProgressBar, video_write
 
 SAVE_FORMATS = {"auto": ".mp4", "mp4": ".mp4", "webm": ".webm"}
 SAVE_CODECS = {".mp4": ("auto", "h264"), ".webm": ("auto", "vp9")}
@@ -155,7 +155,7 @@ def save_settings(nid: str, inputs: dict) -> tuple[str, str]:
 
 
 def output_paths(prompt: dict, order: list[str], save: Namer) -> dict[str, Path]:
-    """``{save node id: the file it will write}``, each checked as a video target (``video_io.output_target``)."""
+    """``{save node id: the file it will write}``, each checked as a video target (``video_write.output_target``)."""
     paths = {}
     for nid in order:
         node = prompt[nid]
@@ -163,7 +163,7 @@ def output_paths(prompt: dict, order: list[str], save: Namer) -> dict[str, Path]
             prefix, suffix = save_settings(nid, node.get("inputs", {}))
             path = save(nid, prefix, suffix)
             try:
-                video_io.output_target(path)
+                video_write.output_target(path)
             except ValueError as e:
                 raise WorkflowError(f"SaveVideo (node {nid}): {e}") from None
             paths[nid] = path

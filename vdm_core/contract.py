@@ -1,7 +1,7 @@
 """The model contract: what the sampler and the jobs need of a model, written down once.
 
-Every model is a :class:`VideoModel`, ``model(z, phi) → v̂`` (DESIGN.md: ``z`` ``[B, C, F, H, W]``, ``phi`` a
-``[B]`` tensor of angles, α = cos φ, σ = sin φ; the result has ``z``'s shape). What a model may add:
+Every model is a :class:`VideoModel`, ``model(z, phi) → v̂`` (``z`` ``[B, C, F, H, W]``, ``phi`` a ``[B]``
+tensor of angles, α = cos φ, σ = sin φ; the result has ``z``'s shape). What a model may add:
 
 * :class:`SizedModel` — ``config`` (:class:`NativeSize`): the frame count, resolution and channels it was
   made for, which size the time windows and spatial tiles (``unet3d.UNet3D``);
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class VideoModel(Protocol):
-    """``model(z, phi) → v̂``: the v-prediction of a noisy clip (vdm-reference: ``v = cos φ·ε − sin φ·x``)."""
+    """``model(z, phi) → v̂``: the v-prediction of a noisy clip, ``v = cos φ·ε − sin φ·x`` (Salimans & Ho 2022,
+    §4; ``schedule.v_target``)."""
 
     def __call__(self, z: Tensor, phi: Tensor) -> Tensor: ...
 

@@ -1,4 +1,4 @@
-"""Quality metrics for the benchmark (vdm-reference §5.2). Clips are ``[B, C, F, H, W]`` in ``[-1, 1]``.
+"""Quality metrics for the benchmark (benchmarks/quality.py, docs/benchmarks.md). Clips are ``[B, C, F, H, W]`` in ``[-1, 1]``.
 
 * ``psnr``: ``10·log10(1 / MSE)`` on ``[0, 1]`` images, per clip.
 * ``ssim``: mean SSIM (Gaussian window σ = 1.5, 7×7, per frame and channel), per clip.

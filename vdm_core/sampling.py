@@ -3,7 +3,7 @@
 The loop, :func:`ddim`, steps a *denoiser* ``D(z, φ) → x̃`` (float32 ``[B, C, F, H, W]`` in and out)
 over an angle grid ``φ_0 > φ_1 > … > φ_N`` that the caller passes in (``schedule.sampling_angles`` for
 this pack's models; another model's own schedule converted to angles). One step from ``φ_t`` to ``φ_s``
-(DDIM eq. 16 in α/σ form; vdm-reference §1.4–1.5):
+(DDIM, Song et al. 2021, eq. 12 with σ_t(η) of eq. 16, in α/σ form):
 
     ε̃ = (z_t − α_t x̃)/σ_t,   z_s = α_s x̃ + sqrt(σ_s² − c²)·ε̃ + c·ξ,   c = η·(σ_s/σ_t)·sqrt(1 − α_t²/α_s²)
 

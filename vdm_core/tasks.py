@@ -1,6 +1,6 @@
 """The job API: generate, extend, interpolate and upscale clips with one guided sampler.
 
-Every job is an observation ``y = A(x)`` of the output clip (DESIGN.md): extension knows the first
+Every job is an observation ``y = A(x)`` of the output clip (README.md): extension knows the first
 frames, interpolation knows every k-th frame, upscaling knows every frame at low resolution (area
 average, ``guidance.downsample``); interpolate + upscale knows the keyframes at low resolution. A job is
 planned as time windows and spatial tiles (``vdm_core.planning``, ``vdm_core.tiling``) and sampled window by
