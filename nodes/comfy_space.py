@@ -25,8 +25,12 @@ diffusionmodules/model.py ``VideoConv3d``: causal by construction, not measured 
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
+
 import comfy.model_management as mm
 import torch
+import torch.utils.checkpoint
 
 from ..vdm_core import external
 from ..vdm_app.autograd_weights import autograd_safe
@@ -64,6 +68,47 @@ def latent_out_affine(base_model, channels: int, ndim: int = 5, device="cpu") ->
     return a, b
 
 
+def _chunk_calls(decoder: torch.nn.Module) -> bool:
+    """Whether ``decoder`` is called once per chunk of latent frames with a causal cache (Wan 2.1/2.2's
+    ``Decoder3d``: ``forward(x, feat_cache=list, feat_idx=[i])``, comfy/ldm/wan/vae.py)."""
+    return "feat_cache" in inspect.signature(decoder.forward).parameters
+
+
+@contextlib.contextmanager
+def checkpointed_chunks(first_stage_model: torch.nn.Module):
+    """Each chunk call of a causal video decoder recomputed in the backward pass (activation checkpointing),
+    exactly: the chunk's causal cache (``feat_cache``, the last frames of every causal convolution's input) enters
+    as an input of the checkpointed call and leaves as its output, so a recompute sees the cache of its own chunk
+    and gradients flow from chunk to chunk through it. A pixel observation's gradient then holds the caches and
+    one chunk's activations instead of every frame's (tests/harness/bench_decoder.py). Decoders without chunk calls
+    (LTX-Video) are left alone. Restored on exit."""
+    decoder = getattr(first_stage_model, "decoder", None)
+    if decoder is None or "forward" in decoder.__dict__ or not _chunk_calls(decoder):
+        yield False
+        return
+    original = decoder.forward
+
+    def forward(x, feat_cache=None, feat_idx=None, **kw):
+        if feat_cache is None or not torch.is_grad_enabled():
+            return original(x, feat_cache=feat_cache, feat_idx=[0] if feat_idx is None else feat_idx, **kw)
+
+        def chunk(x, *cache):
+            cache, idx = list(cache), [0]
+            return original(x, feat_cache=cache, feat_idx=idx, **kw), cache, idx[0]
+
+        out, cache, used = torch.utils.checkpoint.checkpoint(chunk, x, *feat_cache, use_reentrant=False)
+        feat_cache[:] = cache
+        if feat_idx is not None:
+            feat_idx[0] = used
+        return out
+
+    decoder.forward = forward
+    try:
+        yield True
+    finally:
+        del decoder.forward
+
+
 def vae_space(vae, base_model, session, *, native_latents: int | None = None) -> external.LatentSpace:
     """The ``LatentSpace`` of ``vae`` for the MODEL whose ``comfy.model_base`` object is ``base_model``.
     ``session`` is the ``ComfySession`` (``decode_final`` and ``encode`` refuse to run inside it: they load
@@ -90,7 +135,9 @@ def vae_space(vae, base_model, session, *, native_latents: int | None = None) ->
             mm.load_models_gpu([vae.patcher], memory_required=int(3 * vae.memory_used_decode(x.shape, vae.vae_dtype)))
             autograd_safe(vae.first_stage_model)
         raw = un_normalise(x).to(device=vae.device, dtype=vae.vae_dtype)
-        return vae.first_stage_model.decode(raw).to(device=x.device, dtype=torch.float32)
+        with checkpointed_chunks(vae.first_stage_model):
+            images = vae.first_stage_model.decode(raw)
+        return images.to(device=x.device, dtype=torch.float32)
 
     def decode_final(x: torch.Tensor) -> torch.Tensor:
         outside("decode_final")

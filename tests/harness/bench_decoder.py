@@ -1,0 +1,91 @@
+"""Memory and time of a pixel observation's gradient through Wan 2.1's VAE decoder (its real width, dim 96,
+random weights, built by ComfyUI's own classes): ``decode`` then the backward pass of ``‖decode(x)‖²``, plain and
+with each chunk call checkpointed (``checkpointed_chunks`` of nodes/comfy_space.py, what the pack's pixel
+observations use), one configuration per fresh process (the peak is its own).
+
+  $COMFY_HOME/venv/bin/python tests/harness/bench_decoder.py table --sizes 5x64x64 9x64x64 17x64x64 [--json OUT]
+  $COMFY_HOME/venv/bin/python tests/harness/bench_decoder.py one --size 9x64x64 [--chunks] [--compare]
+
+Sizes are frames x height x width in pixels. Prints one JSON line per configuration: peak resident memory added
+(MB), seconds, and with ``--compare`` the largest difference from the plain decode and gradient.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_one(size: str, chunks: bool, compare: bool) -> dict:
+    import contextlib
+
+    import comfyenv
+    import torch
+
+    import comfy.sd
+    import make_models
+
+    comfyenv.load_pack()
+    space = sys.modules[next(k for k in sys.modules if k.endswith(".nodes.comfy_space"))]
+    frames, height, width = (int(v) for v in size.split("x"))
+    vae = comfy.sd.VAE(sd=make_models.state_dict(make_models.wan_vae(96)))  # outside inference mode: normal weights
+    fsm = vae.first_stage_model
+    x0 = torch.randn(1, 16, 1 + (frames - 1) // 4, height // 8, width // 8, generator=torch.Generator().manual_seed(0))
+
+    def grad_of(checkpointed: bool):
+        x = x0.clone().requires_grad_(True)
+        with space.checkpointed_chunks(fsm) if checkpointed else contextlib.nullcontext():
+            img = fsm.decode(x)
+            img = torch.cat(img, 2) if isinstance(img, list) else img
+            (g,) = torch.autograd.grad(img.pow(2).sum(), x)
+        return img.detach(), g
+
+    base = comfyenv.rss_mb()
+    t0 = time.perf_counter()
+    with comfyenv.PeakRSS() as mem:
+        img, g = grad_of(chunks)
+    out = dict(comfyui=comfyenv.version(), frames=frames, height=height, width=width, latent=list(x0.shape),
+               chunks=chunks, seconds=time.perf_counter() - t0, rss_before_mb=base, rss_peak_added_mb=mem.peak - base)
+    if compare:
+        ref_img, ref_g = grad_of(not chunks)
+        out.update(max_image_diff=float((img - ref_img).abs().max()), grad_rel_diff=float((g - ref_g).norm() / ref_g.norm()))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    one = sub.add_parser("one")
+    one.add_argument("--size", required=True)
+    one.add_argument("--chunks", action="store_true", help="each chunk call checkpointed")
+    one.add_argument("--compare", action="store_true", help="also the other way, for the difference")
+    table = sub.add_parser("table")
+    table.add_argument("--sizes", nargs="+", required=True)
+    table.add_argument("--json")
+    a = ap.parse_args()
+    if a.cmd == "one":
+        print(json.dumps(run_one(a.size, a.chunks, a.compare)))
+        return
+    rows = []
+    for size in a.sizes:
+        for chunks in (False, True):
+            cmd = [sys.executable, os.path.join(HERE, "bench_decoder.py"), "one", "--size", size] + \
+                (["--chunks"] if chunks else [])
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode:
+                rows.append(dict(size=size, chunks=chunks, error=res.stderr.strip().splitlines()[-1:]))
+            else:
+                rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
