@@ -68,45 +68,57 @@ def latent_out_affine(base_model, channels: int, ndim: int = 5, device="cpu") ->
     return a, b
 
 
-def _chunk_calls(decoder: torch.nn.Module) -> bool:
-    """Whether ``decoder`` is called once per chunk of latent frames with a causal cache (Wan 2.1/2.2's
-    ``Decoder3d``: ``forward(x, feat_cache=list, feat_idx=[i])``, comfy/ldm/wan/vae.py)."""
-    return "feat_cache" in inspect.signature(decoder.forward).parameters
+def _chunk_calls(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is called with a causal cache (Wan 2.1/2.2's ``Decoder3d``, once per chunk of latent
+    frames, and its blocks: ``forward(x, feat_cache=list, feat_idx=[i])``, comfy/ldm/wan/vae.py)."""
+    return "feat_cache" in inspect.signature(module.forward).parameters
 
 
-@contextlib.contextmanager
-def checkpointed_chunks(first_stage_model: torch.nn.Module):
-    """Each chunk call of a causal video decoder recomputed in the backward pass (activation checkpointing),
-    exactly: the chunk's causal cache (``feat_cache``, the last frames of every causal convolution's input) enters
-    as an input of the checkpointed call and leaves as its output, so a recompute sees the cache of its own chunk
-    and gradients flow from chunk to chunk through it. A pixel observation's gradient then holds the caches and
-    one chunk's activations instead of every frame's (tests/harness/bench_decoder.py). Decoders without chunk calls
-    (LTX-Video) are left alone. Restored on exit."""
-    decoder = getattr(first_stage_model, "decoder", None)
-    if decoder is None or "forward" in decoder.__dict__ or not _chunk_calls(decoder):
-        yield False
-        return
-    original = decoder.forward
+def _checkpointed_call(original):
+    """``original(x, feat_cache, feat_idx)`` (a call that reads and replaces entries of a causal cache) recomputed
+    in the backward pass, exactly: the cache enters the checkpointed call as inputs and leaves as outputs, so a
+    recompute sees the cache its own call saw and gradients flow through it to earlier calls."""
 
     def forward(x, feat_cache=None, feat_idx=None, **kw):
         if feat_cache is None or not torch.is_grad_enabled():
             return original(x, feat_cache=feat_cache, feat_idx=[0] if feat_idx is None else feat_idx, **kw)
+        start = 0 if feat_idx is None else feat_idx[0]
 
-        def chunk(x, *cache):
-            cache, idx = list(cache), [0]
+        def call(x, *cache):
+            cache, idx = list(cache), [start]
             return original(x, feat_cache=cache, feat_idx=idx, **kw), cache, idx[0]
 
-        out, cache, used = torch.utils.checkpoint.checkpoint(chunk, x, *feat_cache, use_reentrant=False)
+        out, cache, used = torch.utils.checkpoint.checkpoint(call, x, *feat_cache, use_reentrant=False)
         feat_cache[:] = cache
         if feat_idx is not None:
             feat_idx[0] = used
         return out
 
-    decoder.forward = forward
+    return forward
+
+
+@contextlib.contextmanager
+def checkpointed_chunks(first_stage_model: torch.nn.Module):
+    """Each chunk call of a causal video decoder recomputed in the backward pass (activation checkpointing), and
+    inside it each block that takes the cache (Wan's residual, attention and resampling blocks), exactly: every
+    cache (``feat_cache``, the last frames of every causal convolution's input) enters a checkpointed call as an
+    input and leaves as an output (``_checkpointed_call``). A pixel observation's gradient then holds the caches,
+    the chunks' inputs and the block inputs of one chunk, and recomputes one block at a time, instead of every
+    frame's activations (tests/harness/bench_decoder.py). Decoders without chunk calls (LTX-Video) are left alone.
+    Restored on exit."""
+    decoder = getattr(first_stage_model, "decoder", None)
+    if decoder is None or "forward" in decoder.__dict__ or not _chunk_calls(decoder):
+        yield False
+        return
+    blocks = [m for name in ("middle", "upsamples") for m in getattr(decoder, name, ())
+              if "forward" not in m.__dict__ and _chunk_calls(m)]
+    for module in [decoder] + blocks:
+        module.forward = _checkpointed_call(module.forward)
     try:
         yield True
     finally:
-        del decoder.forward
+        for module in [decoder] + blocks:
+            del module.forward
 
 
 def vae_space(vae, base_model, session, *, native_latents: int | None = None) -> external.LatentSpace:

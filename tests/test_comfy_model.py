@@ -454,24 +454,35 @@ def test_a_vae_of_another_latent_size_is_refused(pack):
         node(pack, model=load_model(stubs), vae=vae)
 
 
+class CachedBlock(torch.nn.Module):
+    """A causal block as in Wan's decoder: reads its cache entry (the previous chunk's input) and replaces it."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv, self.calls = torch.nn.Conv3d(cin, cout, 1), 0
+
+    def forward(self, x, feat_cache=None, feat_idx=[0]):
+        self.calls += 1
+        i = feat_idx[0]
+        prev = feat_cache[i] if feat_cache[i] is not None else torch.zeros_like(x)
+        feat_cache[i] = x
+        feat_idx[0] += 1
+        return torch.tanh(self.conv(x + 0.5 * prev))
+
+
 class ChunkDecoder(torch.nn.Module):
     """A decoder called once per latent frame with a causal cache, as Wan's ``Decoder3d`` is
-    (``forward(x, feat_cache=list, feat_idx=[i])``: each causal layer reads its cache entry — the previous
-    chunk's input — and replaces it)."""
+    (``forward(x, feat_cache=list, feat_idx=[i])``), its blocks in ``upsamples`` taking the cache too."""
 
     def __init__(self):
         super().__init__()
-        self.a, self.b = torch.nn.Conv3d(2, 4, 1), torch.nn.Conv3d(4, 3, 1)
+        self.upsamples = torch.nn.Sequential(CachedBlock(2, 4), CachedBlock(4, 3))
         self.calls = 0
 
     def forward(self, x, feat_cache=None, feat_idx=[0]):
         self.calls += 1
-        for layer in (self.a, self.b):
-            i = feat_idx[0]
-            prev = feat_cache[i] if feat_cache[i] is not None else torch.zeros_like(x)
-            feat_cache[i] = x
-            x = torch.tanh(layer(x + 0.5 * prev))
-            feat_idx[0] += 1
+        for block in self.upsamples:
+            x = block(x, feat_cache, feat_idx)
         return x
 
 
@@ -489,21 +500,24 @@ class ChunkVAE(torch.nn.Module):
 
 def test_decoder_chunks_are_checkpointed_exactly(pack):
     """A pixel observation's gradient through a chunked causal decoder: the same values and gradient with each chunk
-    call checkpointed, each chunk recomputed once in the backward pass, the decoder restored afterwards."""
+    call and each cached block in it checkpointed, each chunk recomputed once in the backward pass and a block once
+    more within that recompute, the decoder restored afterwards."""
     _, _, space_mod, _ = pack
     torch.manual_seed(0)
     vae = ChunkVAE()
     x = torch.randn(1, 2, 5, 3, 3, requires_grad=True)
     want = vae.decode(x)
     (g_want,) = torch.autograd.grad(want.pow(3).sum(), x)
-    vae.decoder.calls = 0
+    blocks = list(vae.decoder.upsamples)
+    vae.decoder.calls = blocks[0].calls = blocks[1].calls = 0
     with space_mod.checkpointed_chunks(vae) as on:
         got = vae.decode(x)
-        assert on and vae.decoder.calls == 5
+        assert on and vae.decoder.calls == 5 and [b.calls for b in blocks] == [5, 5]
         (g_got,) = torch.autograd.grad(got.pow(3).sum(), x)
-    assert vae.decoder.calls == 10  # every chunk ran again in the backward pass
     assert torch.equal(got, want) and torch.allclose(g_got, g_want, atol=1e-6)
-    assert "forward" not in vae.decoder.__dict__
+    assert vae.decoder.calls == 10  # every chunk ran again in the backward pass,
+    assert blocks[0].calls == 15  # and inside that recompute the first block once more for its own backward
+    assert all("forward" not in m.__dict__ for m in [vae.decoder] + blocks)
     with torch.no_grad(), space_mod.checkpointed_chunks(vae):
         assert torch.equal(vae.decode(x), want)  # without autograd: the plain calls
     plain = StandInDecoder()
