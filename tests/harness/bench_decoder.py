@@ -3,7 +3,8 @@ random weights, built by ComfyUI's own classes): ``decode`` then the backward pa
 with each chunk call checkpointed (``checkpointed_chunks`` of nodes/comfy_space.py, what the pack's pixel
 observations use), one configuration per fresh process (the peak is its own).
 
-  $COMFY_HOME/venv/bin/python tests/harness/bench_decoder.py table --sizes 5x64x64 9x64x64 17x64x64 [--json OUT]
+  $COMFY_HOME/venv/bin/python tests/harness/bench_decoder.py table --sizes 5x64x64 9x64x64 17x64x64 [--json OUT] \
+      [--project 33x480x832]
   $COMFY_HOME/venv/bin/python tests/harness/bench_decoder.py one --size 9x64x64 [--chunks] [--compare]
 
 Sizes are frames x height x width in pixels. Prints one JSON line per configuration: peak resident memory added
@@ -60,6 +61,23 @@ def run_one(size: str, chunks: bool, compare: bool) -> dict:
     return out
 
 
+def fit(rows: list[dict], target: str) -> dict:
+    """Least-squares fit of ``peak MB = h·w·(a + b·frames)`` (per pixel of a frame: a fixed part, one chunk's
+    recompute, and a part growing with the frames, the caches and saved inputs of every chunk) to the rows of one
+    kind, and its value at ``target`` (frames x height x width) in fp32 and in bf16 (half the bytes)."""
+    import numpy as np
+
+    frames, height, width = (int(v) for v in target.split("x"))
+    area = np.array([r["height"] * r["width"] for r in rows], dtype=float)
+    design = np.stack([area, area * np.array([r["frames"] for r in rows], dtype=float)], 1)
+    peak = np.array([r["rss_peak_added_mb"] for r in rows])
+    (a, b), *_ = np.linalg.lstsq(design, peak, rcond=None)
+    worst = float(np.max(np.abs(design @ np.array([a, b]) - peak) / peak))
+    fp32 = height * width * (a + b * frames)
+    return dict(kb_per_pixel=float(1024 * a), kb_per_pixel_frame=float(1024 * b), worst_fit_error=worst,
+                target=target, projected_fp32_gb=float(fp32 / 1024), projected_bf16_gb=float(fp32 / 2048))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -70,6 +88,7 @@ def main() -> None:
     table = sub.add_parser("table")
     table.add_argument("--sizes", nargs="+", required=True)
     table.add_argument("--json")
+    table.add_argument("--project", help="fit the peaks and project them to this size (frames x height x width)")
     a = ap.parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536":  # the allocator reads it at start: run again with it
         os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
@@ -87,6 +106,12 @@ def main() -> None:
             else:
                 rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
+    if a.project:
+        for chunks in (False, True):
+            good = [r for r in rows if "error" not in r and r["chunks"] == chunks]
+            if len(good) >= 2:
+                rows.append(dict(fit="chunks and blocks checkpointed" if chunks else "plain", **fit(good, a.project)))
+                print(json.dumps(rows[-1]), flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
