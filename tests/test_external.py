@@ -1,5 +1,6 @@
 """Models with their own noise schedule (vdm_core.external.SigmaModel) and models that sample latents
 (LatentSpace) through the jobs of vdm_core.tasks: exact Gaussian oracles, a toy causal video VAE."""
+import dataclasses
 import math
 
 import pytest
@@ -192,6 +193,8 @@ def test_latent_extension_of_1_plus_4k_frames_knows_its_latents_exactly():
 
 def test_latent_extension_observes_a_partial_group_in_pixels():
     model = latent_model()
+    decoded_lengths, decode = [], model.space.decode
+    model.space = dataclasses.replace(model.space, decode=lambda x: decoded_lengths.append(x.shape[2]) or decode(x))
     clip = clip_of(7)  # 1 + 4 frames known as latents, frames 5 and 6 only in pixels
     seen = []
     real = latent_jobs.latent_observation
@@ -211,6 +214,8 @@ def test_latent_extension_observes_a_partial_group_in_pixels():
     obs = seen[0]
     assert obs.selection.frame_indices == (0, 1)  # latents 0 and 1: frames 0..4
     assert obs.y.shape[1] == 2 * 2 * 4 * 4 + 3 * 2 * 8 * 8  # those latents, then frames 5, 6 in pixels (flattened)
+    # the window has 4 latents (13 frames), but frames 5 and 6 are in latent 2: the causal decoder is given 3
+    assert decoded_lengths and set(decoded_lengths) == {3}
 
 
 @pytest.mark.parametrize("job", ["interpolate", "upscale"])

@@ -65,7 +65,9 @@ def latent_observation(win: Window, lat: Tensor, space: LatentSpace, known: Pixe
     """What latent window ``win`` knows: latents known exactly (encoded input frames, or made by earlier
     windows) selected, and the known pixel frames whose latent is new here through the decoder,
     ``A(x) = degrade(decode(x))[frames]`` (``degrade``: area averaging by ``known.factor``). The window is
-    decoded on its own: its local frame ``j`` is output frame ``j + time·start``.
+    decoded on its own: its local frame ``j`` is output frame ``j + time·start``. A causal decoder's first
+    frames depend on the first latents only, so it decodes the latents up to the last known frame's, no more
+    (exact: extension's known frames lead the window, and the rest is never decoded for the gradient).
 
     Pixels cannot be replaced in latent space, so their guidance must stay stable by itself (gain
     ``w_r·‖J‖² < 2``, ``sampling.conditioned``), and a decoder's gain ``‖J‖²`` is nothing like a frame
@@ -84,9 +86,10 @@ def latent_observation(win: Window, lat: Tensor, space: LatentSpace, known: Pixe
         if idx:
             local = [known.frames[i] - first for i in idx]
             factor = known.factor
+            needed = space.latent_of(max(local)) + 1 if space.causal else n
 
             def operator(x: Tensor) -> Tensor:
-                img = space.decode(x)[:, :, local]
+                img = space.decode(x[:, :, :needed])[:, :, local]
                 return guidance.area_downsample(img, factor) if factor > 1 else img
 
             pixels = guidance.Observation(y=known.values[:, idx].unsqueeze(0).to(device), operator=operator,
