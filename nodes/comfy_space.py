@@ -74,21 +74,25 @@ def _chunk_calls(module: torch.nn.Module) -> bool:
     return "feat_cache" in inspect.signature(module.forward).parameters
 
 
-def _checkpointed_call(original):
+def _checkpointed_call(original, store: torch.device | None = None):
     """``original(x, feat_cache, feat_idx)`` (a call that reads and replaces entries of a causal cache) recomputed
     in the backward pass, exactly: the cache enters the checkpointed call as inputs and leaves as outputs, so a
-    recompute sees the cache its own call saw and gradients flow through it to earlier calls."""
+    recompute sees the cache its own call saw and gradients flow through it to earlier calls. With ``store``,
+    the cache a call was given is kept there until the backward pass (copied back for the recompute; the copies
+    are differentiable, so the gradient is the same)."""
 
     def forward(x, feat_cache=None, feat_idx=None, **kw):
         if feat_cache is None or not torch.is_grad_enabled():
             return original(x, feat_cache=feat_cache, feat_idx=[0] if feat_idx is None else feat_idx, **kw)
-        start = 0 if feat_idx is None else feat_idx[0]
+        start, device = 0 if feat_idx is None else feat_idx[0], x.device
 
         def call(x, *cache):
-            cache, idx = list(cache), [start]
+            cache = [c.to(device) if store is not None and isinstance(c, torch.Tensor) else c for c in cache]
+            idx = [start]
             return original(x, feat_cache=cache, feat_idx=idx, **kw), cache, idx[0]
 
-        out, cache, used = torch.utils.checkpoint.checkpoint(call, x, *feat_cache, use_reentrant=False)
+        given = [c.to(store) if store is not None and isinstance(c, torch.Tensor) else c for c in feat_cache]
+        out, cache, used = torch.utils.checkpoint.checkpoint(call, x, *given, use_reentrant=False)
         feat_cache[:] = cache
         if feat_idx is not None:
             feat_idx[0] = used
@@ -98,21 +102,24 @@ def _checkpointed_call(original):
 
 
 @contextlib.contextmanager
-def checkpointed_chunks(first_stage_model: torch.nn.Module):
+def checkpointed_chunks(first_stage_model: torch.nn.Module, store: torch.device | None = None):
     """Each chunk call of a causal video decoder recomputed in the backward pass (activation checkpointing), and
     inside it each block that takes the cache (Wan's residual, attention and resampling blocks), exactly: every
     cache (``feat_cache``, the last frames of every causal convolution's input) enters a checkpointed call as an
     input and leaves as an output (``_checkpointed_call``). A pixel observation's gradient then holds the caches,
     the chunks' inputs and the block inputs of one chunk, and recomputes one block at a time, instead of every
-    frame's activations (tests/harness/bench_decoder.py). Decoders without chunk calls (LTX-Video) are left alone.
-    Restored on exit."""
+    frame's activations (tests/harness/bench_decoder.py). With ``store`` (the host's memory, when the decoder runs
+    on an accelerator) each chunk's cache waits there for the backward pass, and the accelerator holds one chunk's
+    cache at a time: at 33×480×832 the caches are most of what grows with the frames. Decoders without chunk
+    calls (LTX-Video) are left alone. Restored on exit."""
     decoder = getattr(first_stage_model, "decoder", None)
     if decoder is None or "forward" in decoder.__dict__ or not _chunk_calls(decoder):
         yield False
         return
     blocks = [m for name in ("middle", "upsamples") for m in getattr(decoder, name, ())
               if "forward" not in m.__dict__ and _chunk_calls(m)]
-    for module in [decoder] + blocks:
+    decoder.forward = _checkpointed_call(decoder.forward, store)
+    for module in blocks:
         module.forward = _checkpointed_call(module.forward)
     try:
         yield True
@@ -147,7 +154,8 @@ def vae_space(vae, base_model, session, *, native_latents: int | None = None) ->
             mm.load_models_gpu([vae.patcher], memory_required=int(3 * vae.memory_used_decode(x.shape, vae.vae_dtype)))
             autograd_safe(vae.first_stage_model)
         raw = un_normalise(x).to(device=vae.device, dtype=vae.vae_dtype)
-        with checkpointed_chunks(vae.first_stage_model):
+        store = torch.device("cpu") if raw.device.type != "cpu" else None
+        with checkpointed_chunks(vae.first_stage_model, store):
             images = vae.first_stage_model.decode(raw)
         return images.to(device=x.device, dtype=torch.float32)
 

@@ -518,6 +518,9 @@ def test_decoder_chunks_are_checkpointed_exactly(pack):
     assert vae.decoder.calls == 10  # every chunk ran again in the backward pass,
     assert blocks[0].calls == 15  # and inside that recompute the first block once more for its own backward
     assert all("forward" not in m.__dict__ for m in [vae.decoder] + blocks)
+    with space_mod.checkpointed_chunks(vae, torch.device("cpu")):  # caches kept in a store (the host's memory on
+        (g_stored,) = torch.autograd.grad(vae.decode(x).pow(3).sum(), x)  # a GPU; here the code path, no transfer)
+    assert torch.allclose(g_stored, g_want, atol=1e-6)
     with torch.no_grad(), space_mod.checkpointed_chunks(vae):
         assert torch.equal(vae.decode(x), want)  # without autograd: the plain calls
     plain = StandInDecoder()
