@@ -37,7 +37,7 @@ from vdm_core import checkpoint, guidance
 from vdm_core.data import sprite_batch, split_seed
 from vdm_core.metrics import object_errors, psnr, sprite_errors, ssim
 from vdm_core.sampling import sample
-from vdm_core.settings import SamplerSettings, auto_guidance_weight
+from vdm_core.settings import DEFAULT_ITERATIONS, METHODS, SamplerSettings, auto_guidance_weight
 from vdm_core.schedule import sampling_angles
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -123,8 +123,9 @@ def score(pred, ts: TestSet, obs, frames):
             "ghost": torch.tensor(gh, dtype=torch.float64), "obs": err}
 
 
-def run_method(model, x, job, method, weight, samples, steps, chunk):
-    """``samples`` samples per clip of job ``job`` on true clips ``x``, returns ``[S, N, C, F, H, W]``."""
+def run_method(model, x, job, method, weight, samples, steps, chunk, iterations=DEFAULT_ITERATIONS):
+    """``samples`` samples per clip of job ``job`` on true clips ``x``, returns ``[S, N, C, F, H, W]``
+    (``iterations``: of methods posterior and consistency)."""
     n = x.shape[0]
     out = []
     for s in range(samples):
@@ -133,7 +134,7 @@ def run_method(model, x, job, method, weight, samples, steps, chunk):
         parts = []
         for i in range(0, n, chunk):
             obs = make_job(job, x[i:i + chunk])[0]
-            settings = SamplerSettings(method=method, guidance_weight=weight)
+            settings = SamplerSettings(method=method, guidance_weight=weight, iterations=iterations)
             parts.append(sample(model, noise[i:i + chunk].to(model.device), sampling_angles(steps), settings,
                                 observation=obs, generator=gen).cpu().clamp(-1, 1))  # as jobs return
         out.append(torch.cat(parts))
@@ -165,7 +166,10 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS)
-    ap.add_argument("--methods", nargs="+", default=["reconstruction", "replacement", "both"])
+    ap.add_argument("--methods", nargs="+", default=["reconstruction", "replacement", "both", "posterior"],
+                    choices=METHODS)
+    ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
+                    help="CG iterations of methods posterior and consistency")
     ap.add_argument("--weights", type=float, nargs="+", default=None,
                     help="w_r grid (default: settings.auto_guidance_weight of each job)")
     ap.add_argument("--chunk", type=int, default=32, help="clips per sampling batch")
@@ -182,7 +186,8 @@ def main(argv=None):
              f"Model: {args.model or 'bundled'} ({cfg.frames} frames × {cfg.resolution}², "
              f"{model.training_info.get('steps')} training steps, data: {model.training_info.get('data')}). "
              f"Test sets: " + "; ".join(f"{ts.name}: {ts.description}" for ts in sets) + ". "
-             f"Samples per clip: {args.samples}, DDIM η = 0, {args.steps} steps. "
+             f"Samples per clip: {args.samples}, DDIM η = 0, {args.steps} steps; methods posterior and consistency: "
+             f"{args.iterations} CG iterations. "
              f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads.", ""]
     print("\n".join(lines), flush=True)
     summary = ["### summary: each method against the job's baseline", "",
@@ -204,11 +209,12 @@ def main(argv=None):
         for method in args.methods:
             if method == "replacement" and job_factor(job) > 1:
                 continue  # replacement needs a frame selection
-            for w in (weights if method != "replacement" else [0.0]):
+            for w in (weights if method in ("reconstruction", "both") else [0.0]):  # the others use no w_r
                 for ts in sets:
                     obs, frames, _, _ = jobs[ts.name]
                     t0 = time.time()
-                    xs = run_method(model, ts.x, job, method, w, args.samples, args.steps, args.chunk)
+                    xs = run_method(model, ts.x, job, method, w, args.samples, args.steps, args.chunk,
+                                    args.iterations)
                     dt = time.time() - t0
                     mean, best = summarize([score(xs[s], ts, obs, frames) for s in range(args.samples)])
                     rows.append(row(method, f"{w:g}", ts.name, mean, best, dt))

@@ -11,7 +11,7 @@ from vdm_core.settings import SamplerSettings, auto_guidance_weight
 from vdm_core.external import LatentSpace, SigmaModel
 from vdm_core.schedule import sampling_angles
 
-from oracle import regression_error
+from oracle import CorrelatedGaussian as Prior, denoiser_of, flow, regression_error, ve
 
 D = torch.float64
 
@@ -20,56 +20,9 @@ def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
-class Prior:
-    """Clips x ~ N(0, Σ) over frames (Σ_ij = ρ^|i−j|), every channel and pixel independent; ``mean(z, φ)``
-    is the exact E[x | z] for z = cos φ·x + sin φ·ε (computed in Σ's eigenbasis)."""
-
-    def __init__(self, frames, rho=0.9):
-        i = torch.arange(frames, dtype=D)
-        self.cov = rho ** (i[:, None] - i[None, :]).abs()
-        lam, u = torch.linalg.eigh(self.cov)
-        self.lam, self.u = lam.float(), u.float()
-
-    def mean(self, z, phi):
-        a, s = math.cos(phi), math.sin(phi)
-        zf = z.movedim(2, -1)
-        return ((zf @ self.u) * (a * self.lam / (a * a * self.lam + s * s)) @ self.u.T).movedim(-1, 2)
-
-    def draw(self, b, c, h, w, seed):
-        e = torch.randn(b, c, h, w, self.cov.shape[0], generator=_gen(seed), dtype=D)
-        return (e @ torch.linalg.cholesky(self.cov).T).float().permute(0, 1, 4, 2, 3)
-
-
-def flow(shift=3.0):
-    """A flow model's coordinates x = (1 − σ)·x0 + σ·ε and its shifted 'simple' grid (ComfyUI:
-    comfy/model_sampling.py)."""
-    def sigmas(steps):
-        t = torch.linspace(1, 0, steps + 1, dtype=D)
-        return (shift * t / (1 + (shift - 1) * t)).tolist()
-    return dict(scaling=lambda s: (1 - s, s), sigma_min=shift * 1e-3 / (1 + (shift - 1) * 1e-3), sigma_max=1.0,
-                sigmas=sigmas)
-
-
-def ve():
-    """A variance-exploding model's coordinates x = x0 + σ·ε and a log-uniform grid."""
-    def sigmas(steps):
-        return torch.logspace(math.log10(80), math.log10(0.002), steps).tolist() + [0.0]
-    return dict(scaling=lambda s: (1.0, s), sigma_min=0.002, sigma_max=80.0, sigmas=sigmas)
-
-
-def denoiser_of(prior, kind):
-    """The prior's exact x̂0 in the model's own coordinates: x → z = x/√(a²+b²) at φ = atan2(b, a)."""
-    scaling = kind["scaling"]
-
-    def denoise(x, sigma):
-        a, b = scaling(float(sigma[0]))
-        return prior.mean(x / math.hypot(a, b), math.atan2(b, a))
-    return denoise
-
-
 @pytest.mark.parametrize("kind", [flow(1.0), flow(8.0), ve()], ids=["flow", "flow-shift-8", "ve"])
 def test_sigma_model_is_the_exact_v_of_its_denoiser(kind):
-    prior = Prior(4)
+    prior = Prior(4, 0.9)
     model = SigmaModel(**kind, channels=1, denoise=denoiser_of(prior, kind))
     angles = model.angles(12)
     assert angles[0] == pytest.approx(model.phi_of(kind["sigma_max"]))  # starts at σ_max's angle
@@ -102,10 +55,10 @@ def test_guidance_through_its_own_schedule_reaches_the_conditional_mean(kind, as
     replacement alone (VDM §3.1). Measured over seeds 1 and 5: replacement 0.71–0.79; 'both' w_r 8: 0.24–0.26 on
     flow and VE, 0.244 on the pack's grid; with shift 8 0.40 (the shift spends its 20 steps at high noise, where
     guidance is weak: α is small)."""
-    prior = Prior(5)
+    prior = Prior(5, 0.9)
     model = SigmaModel(**kind, channels=1, denoise=denoiser_of(prior, kind))
     known, unknown = [0, 4], [1, 2, 3]
-    x = prior.draw(512, 1, 1, 1, seed=1)
+    x = prior.draw(512, 1, 1, seed=1)
     obs = guidance.select_frames(x[:, :, known], known, 5)
     noise = torch.randn(512, 1, 5, 1, 1, generator=_gen(2))
     err = {}

@@ -12,39 +12,13 @@ from vdm_core.sampling import guided, predict_x, sample
 from vdm_core.settings import SamplerSettings
 from vdm_core.schedule import sampling_angles
 
-from oracle import regression_error
+from oracle import CorrelatedGaussian, regression_error
 
 D = torch.float64
 
 
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
-
-
-class CorrelatedGaussian:
-    """Exact v̂ for data x ~ N(0, Σ) over frames, Σ_ij = ρ^|i−j|, every (channel, pixel) independent.
-
-    E[x|z] = α Σ (α² Σ + σ² I)⁻¹ z, computed in Σ's eigenbasis; v̂ = (α z − E[x|z])/σ. Differentiable.
-    """
-
-    def __init__(self, frames, rho):
-        i = torch.arange(frames, dtype=D)
-        self.cov = rho ** (i[:, None] - i[None, :]).abs()
-        lam, u = torch.linalg.eigh(self.cov)
-        self.lam, self.u = lam.float(), u.float()
-
-    def __call__(self, z, phi):
-        p = phi.to(z.dtype).reshape(-1, 1, 1, 1, 1)
-        a, s = torch.cos(p), torch.sin(p)
-        zf = z.movedim(2, -1)  # frames last
-        x = ((zf @ self.u) * (a * self.lam / (a * a * self.lam + s * s))) @ self.u.T
-        return ((a * zf - x) / s).movedim(-1, 2)
-
-    def draw(self, b, h, w, seed):
-        """Clips [b, 1, F, h, w] from the prior."""
-        f = self.cov.shape[0]
-        e = torch.randn(b, h, w, f, generator=_gen(seed), dtype=D)
-        return (e @ torch.linalg.cholesky(self.cov).T).float().permute(0, 3, 1, 2).unsqueeze(1)
 
 
 def tiny_unet(**kw):

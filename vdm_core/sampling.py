@@ -14,6 +14,8 @@ Conditioning on an observation ``y = A(x)`` (:mod:`vdm_core.guidance`) is a wrap
 denoiser, each defined once here and composed by ``method`` in :func:`conditioned`:
 
 * :func:`guided` — reconstruction guidance, ``x̃ = x̂ − (w_r·α_t/2)·∇_{z_t}‖y − A(x̂(z_t))‖²`` (VDM eq. 7/8);
+* ``posterior.posterior`` — posterior guidance, ``x̃ = x̂ + J Aᵀ (A J Aᵀ)⁻¹ (y − A(x̂))``, ``J = ∂x̂/∂z_t``;
+* ``posterior.consistent`` — data consistency, ``x̃ = x̂ + Aᵀ (A Aᵀ)⁻¹ (y − A(x̂))`` (no backward through the model);
 * :func:`replaced` — replacement (VDM §3.1): known frames of ``z_t`` ← ``α_t y + σ_t ξ``, of ``x̃`` ← ``y``;
 * :func:`projected` — from a given angle on, ``x̃`` ← the nearest clip with ``A(x̃) = y``
   (``Observation.project``: block means for upscaling);
@@ -31,8 +33,9 @@ import torch
 from torch import Tensor
 
 from .guidance import Observation, check_observation
+from .posterior import consistent, posterior
 from .schedule import eps_from_x, x_from_v
-from .settings import METHODS, SamplerSettings
+from .settings import DEFAULT_ITERATIONS, METHODS, SamplerSettings
 
 Denoiser = Callable[[Tensor, float], Tensor]
 """``D(z, φ) → x̃``: the clean clip predicted from ``z`` at angle ``φ`` (float32, ``z``'s shape)."""
@@ -173,8 +176,8 @@ def projected(denoiser: Denoiser, observation: Observation, below: float) -> Den
 
 
 def conditioned(model, observation: Observation | None = None, *, method: str = "both",
-                guidance_weight: float = 0.0, clip: bool = True,
-                generator: torch.Generator | None = None, final_angle: float | None = None) -> Denoiser:
+                guidance_weight: float = 0.0, clip: bool = True, generator: torch.Generator | None = None,
+                final_angle: float | None = None, iterations: int = DEFAULT_ITERATIONS) -> Denoiser:
     """The denoiser of v-model ``model`` conditioned on ``observation`` by ``method``:
 
     * ``"reconstruction"``: ``guided`` with the full ``∇_{z_t}``; observed frames are the model's own
@@ -186,6 +189,12 @@ def conditioned(model, observation: Observation | None = None, *, method: str = 
       ``guided`` of everything, so the guidance acts on the generated frames as VDM's ``∇_{z^b_t}``;
       then, where the observation has a projection, ``projected`` at ``final_angle`` (the last step's
       angle): upscaled frames end with the input's block means exactly.
+    * ``"posterior"``: as ``both`` with ``posterior.posterior`` in place of ``guided``: ``x̃ = x̂ + J Aᵀ (A J Aᵀ)⁻¹
+      (y − A(x̂))``, ``J = ∂x̂/∂z_t`` (Tweedie's posterior covariance up to ``σ²/α``; Boys et al. 2023), by
+      ``iterations`` conjugate-gradient steps of one backward pass each. ``guidance_weight`` is not used.
+    * ``"consistency"``: as ``both`` with ``posterior.consistent`` in place of ``guided``: ``x̃`` ← the clip
+      nearest ``x̂`` that agrees with ``y`` (``iterations`` conjugate-gradient steps through ``A`` only; no backward through the
+      model). ``guidance_weight`` is not used.
 
     ``guidance_weight`` is ``w_r`` (≥ 0; 0 turns guidance off), ``clip`` clamps ``x̃`` to [-1, 1] (after the
     guidance, whose gradient needs the unclipped ``x̂``). ``generator`` draws the replacement noise.
@@ -200,13 +209,18 @@ def conditioned(model, observation: Observation | None = None, *, method: str = 
         if method == "replacement" and observation.frame_indices is None:
             raise ValueError("method 'replacement' needs an observation that is a pure frame selection (frames "
                              "known exactly); this one is not (e.g. upscaling): use 'both' or 'reconstruction'")
-        if method != "replacement" and guidance_weight > 0:
+        if method == "posterior":
+            den = posterior(den, observation, iterations)
+        elif method == "consistency":
+            den = consistent(den, observation, iterations)
+        elif method != "replacement" and guidance_weight > 0:
             den = guided(den, observation, guidance_weight)
         if known is not None:
             den = replaced(den, known, generator)
     if clip:
         den = clipped(den)
-    if observation is not None and method == "both" and observation.project is not None and final_angle is not None:
+    if (observation is not None and method in ("both", "posterior", "consistency") and observation.project is not None
+            and final_angle is not None):
         den = projected(den, observation, final_angle)
     return den
 
@@ -223,8 +237,9 @@ def sample(model, noise: Tensor, angles, settings: SamplerSettings = SamplerSett
     weight = 0.0
     if observation is not None:
         check_observation(observation, noise)
-        weight = settings.weight if settings.method != "replacement" else 0.0
+        weight = settings.weight if settings.method in ("reconstruction", "both") else 0.0
     den = conditioned(model, observation, method=settings.method, guidance_weight=weight, clip=clip,
-                      generator=generator, final_angle=phis[-2] if len(phis) > 1 else None)
+                      generator=generator, final_angle=phis[-2] if len(phis) > 1 else None,
+                      iterations=settings.iterations)
     return ddim(den, math.sin(phis[0]) * noise.float(), phis, eta=settings.eta, generator=generator,
                 callback=callback)

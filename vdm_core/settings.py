@@ -10,8 +10,11 @@ import math
 from dataclasses import dataclass, replace
 from numbers import Integral
 
-METHODS = ("reconstruction", "replacement", "both")
+METHODS = ("reconstruction", "replacement", "both", "posterior", "consistency")
 """How an observation conditions sampling (``sampling.conditioned``)."""
+DEFAULT_ITERATIONS = 4
+"""Conjugate-gradient iterations per step of methods ``posterior`` (each one backward pass through the model)
+and ``consistency`` (each one through the observation only): ``vdm_core.posterior``."""
 DEFAULT_STEPS = 32
 """Steps per window of every front end and of the library's job functions."""
 AUTO_WEIGHT_EXACT = 16.0
@@ -40,16 +43,19 @@ def whole(name: str, value, minimum: int, hint: str = "") -> int:
 class SamplerSettings:
     """``steps`` DDIM steps per window; ``eta`` fresh noise per step (0: deterministic DDIM, 1: ancestral);
     ``guidance_weight`` ``w_r`` of reconstruction guidance (≥ 0; None: auto, :func:`auto_guidance_weight`);
-    ``method`` one of :data:`METHODS`; ``seed`` of all noise (window ``i`` draws from ``seed + i``)."""
+    ``method`` one of :data:`METHODS`; ``seed`` of all noise (window ``i`` draws from ``seed + i``);
+    ``iterations`` of methods ``posterior`` and ``consistency`` (≥ 1)."""
 
     steps: int = DEFAULT_STEPS
     eta: float = 0.0
     guidance_weight: float | None = None
     method: str = "both"
     seed: int = 0
+    iterations: int = DEFAULT_ITERATIONS
 
     def __post_init__(self):
         object.__setattr__(self, "steps", whole("steps", self.steps, 1))
+        object.__setattr__(self, "iterations", whole("iterations", self.iterations, 1))
         object.__setattr__(self, "seed", whole("seed", self.seed, 0))
         eta = float(self.eta)
         if not (math.isfinite(eta) and eta >= 0):

@@ -18,7 +18,7 @@ from .contract import capabilities
 from .execution import Progress, device_of, observation_of, sample_plan
 from .latent_jobs import generate_latent, run_latent
 from .planning import Job, generate_plan, plan
-from .settings import DEFAULT_STEPS, SamplerSettings, whole
+from .settings import DEFAULT_ITERATIONS, DEFAULT_STEPS, SamplerSettings, whole
 
 __all__ = ["Job", "SamplerSettings", "extend", "generate", "interpolate", "run", "run_unconditional", "upscale"]
 
@@ -26,10 +26,10 @@ __all__ = ["Job", "SamplerSettings", "extend", "generate", "interpolate", "run",
 def run(model, job: Job, settings: SamplerSettings = SamplerSettings(), *, callback: Progress | None = None) -> Tensor:
     """Sample ``job`` with ``model``; returns a CPU float32 ``[C, F_out, H_out, W_out]`` clip in [-1, 1].
 
-    ``settings.method``: ``reconstruction`` | ``replacement`` | ``both``. ``both`` (VDM's): frames known
-    exactly are replaced every step and the rest guided; frames known at low resolution are guided, then
-    projected so their block means equal the input (``guidance.match_block_means``). Upscaling needs guidance
-    (not ``replacement``). ``callback``: :data:`vdm_core.execution.Progress`.
+    ``settings.method``: ``reconstruction`` | ``replacement`` | ``both`` | ``posterior`` | ``consistency``
+    (``sampling.conditioned``). ``both`` (VDM's): frames known exactly are replaced every step and the rest
+    guided; frames known at low resolution are guided, then projected so their block means equal the input
+    (``guidance.match_block_means``). Upscaling needs guidance (not ``replacement``). ``callback``: :data:`vdm_core.execution.Progress`.
     """
     caps = capabilities(model)
     device = device_of(caps, job.clip.device)
@@ -72,8 +72,9 @@ def run_unconditional(model, shape: tuple[int, int, int], settings: SamplerSetti
                        progress=callback, device=device)
 
 
-def _settings(steps, eta, guidance_weight, method, seed) -> SamplerSettings:
-    return SamplerSettings(steps=steps, eta=eta, guidance_weight=guidance_weight, method=method, seed=seed)
+def _settings(steps, eta, guidance_weight, method, seed, iterations=DEFAULT_ITERATIONS) -> SamplerSettings:
+    return SamplerSettings(steps=steps, eta=eta, guidance_weight=guidance_weight, method=method, seed=seed,
+                           iterations=iterations)
 
 
 def generate(model, frames: int, height: int, width: int, *, channels: int | None = None, steps: int = DEFAULT_STEPS,
@@ -87,28 +88,30 @@ def generate(model, frames: int, height: int, width: int, *, channels: int | Non
 
 def extend(model, clip: Tensor, new_frames: int, *, context: int | None = None, window: int | None = None,
            tile: int | None = None, steps: int = DEFAULT_STEPS, eta: float = 0.0, guidance_weight: float | None = None,
-           method: str = "both", seed: int = 0, callback: Progress | None = None) -> Tensor:
+           method: str = "both", seed: int = 0, callback: Progress | None = None,
+           iterations: int = DEFAULT_ITERATIONS) -> Tensor:
     """``clip`` followed by ``new_frames`` new frames: ``[C, F + new_frames, H, W]``; the input frames
     are returned unchanged."""
     whole("new_frames", new_frames, 1, "extend adds at least one frame")
     job = Job(clip, new_frames=new_frames, context=context, window=window, tile=tile)
-    return run(model, job, _settings(steps, eta, guidance_weight, method, seed), callback=callback)
+    return run(model, job, _settings(steps, eta, guidance_weight, method, seed, iterations), callback=callback)
 
 
 def interpolate(model, clip: Tensor, multiplier: int, *, window: int | None = None, overlap: int | None = None,
                 tile: int | None = None, steps: int = DEFAULT_STEPS, eta: float = 0.0,
                 guidance_weight: float | None = None, method: str = "both", seed: int = 0,
-                callback: Progress | None = None) -> Tensor:
+                callback: Progress | None = None, iterations: int = DEFAULT_ITERATIONS) -> Tensor:
     """``[C, (F − 1)·multiplier + 1, H, W]``: the input frames at 0, k, 2k, … and new frames between."""
     whole("multiplier", multiplier, 2, "multiplier 2 doubles the frame rate")
     job = Job(clip, multiplier=multiplier, window=window, overlap=overlap, tile=tile)
-    return run(model, job, _settings(steps, eta, guidance_weight, method, seed), callback=callback)
+    return run(model, job, _settings(steps, eta, guidance_weight, method, seed, iterations), callback=callback)
 
 
 def upscale(model, clip: Tensor, factor: int, *, window: int | None = None, overlap: int | None = None,
             tile: int | None = None, steps: int = DEFAULT_STEPS, eta: float = 0.0, guidance_weight: float | None = None,
-            method: str = "both", seed: int = 0, callback: Progress | None = None) -> Tensor:
+            method: str = "both", seed: int = 0, callback: Progress | None = None,
+            iterations: int = DEFAULT_ITERATIONS) -> Tensor:
     """``[C, F, H·factor, W·factor]`` whose area average by ``factor`` matches ``clip`` (VDM eq. 8)."""
     whole("factor", factor, 2, "factor 2 doubles width and height")
     job = Job(clip, factor=factor, window=window, overlap=overlap, tile=tile)
-    return run(model, job, _settings(steps, eta, guidance_weight, method, seed), callback=callback)
+    return run(model, job, _settings(steps, eta, guidance_weight, method, seed, iterations), callback=callback)
