@@ -31,20 +31,26 @@ def cli_defaults(command: str) -> dict:
 
 def test_sampler_defaults_are_the_documented_ones():
     m = readme(r"`--dtype` \(`(\w+)`\), `--steps` \((\d+)\), `--eta` \((\d+)\).*?`--method`\s+\(`both` \| "
-               r"`reconstruction` \| `replacement`; `(\w+)` by default\), `--seed` \((\d+)\)")
-    dtype, steps, eta, method, seed = m.group(1), int(m.group(2)), float(m.group(3)), m.group(4), int(m.group(5))
+               r"`reconstruction` \| `replacement` \| `posterior` \| `consistency`; `(\w+)` by default\), "
+               r"`--iterations` \((\d+);.*?`--seed` \((\d+)\)")
+    dtype, steps, eta, method, seed = m.group(1), int(m.group(2)), float(m.group(3)), m.group(4), int(m.group(6))
+    iterations = int(m.group(5))
     sample = spec.NODES["VDM_SampleDDIMv"]
+    assert sample.input("iterations").default == iterations == settings.SamplerSettings().iterations
+    assert sample.input("method").options == settings.METHODS
     assert sample.input("steps").default == steps == settings.DEFAULT_STEPS == settings.SamplerSettings().steps
     assert sample.input("eta").default == eta and sample.input("method").default == method
     assert sample.input("seed").default == seed and spec.NODES["VDM_LoadModel"].input("dtype").default == dtype
     for command in ("sample", "extend", "interpolate", "upscale"):
         flags = cli_defaults(command)
-        assert (flags["steps"], flags["eta"], flags["method"], flags["seed"], flags["dtype"]) == (
-            steps, eta, method, seed, dtype), command
+        assert (flags["steps"], flags["eta"], flags["method"], flags["seed"], flags["dtype"], flags["iterations"]) == (
+            steps, eta, method, seed, dtype, iterations), command
     for job in (tasks.extend, tasks.interpolate, tasks.upscale, tasks.generate):  # the library's job API too
         params = inspect.signature(job).parameters
         assert params["steps"].default == steps and params["eta"].default == eta, job.__name__
         assert params["method"].default == method and params["seed"].default == seed, job.__name__
+        if job is not tasks.generate:
+            assert params["iterations"].default == iterations, job.__name__
 
 
 def test_auto_guidance_weight_is_the_documented_one():

@@ -149,7 +149,8 @@ def _bundled_notice(model: VDMModel, caps: contract.Capabilities, job: VDMJob | 
 
 
 def sample_ddim_v(model: VDMModel, job: VDMJob | None, *, length: int, width: int, height: int, steps: int,
-                  eta: float, guidance_weight: float, method: str, seed: int, progress: Progress | None = None,
+                  eta: float, guidance_weight: float, method: str, iterations: int, seed: int,
+                  progress: Progress | None = None,
                   load_model_to_device=None,
                   oom_errors: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,),
                   ) -> tuple[Tensor, float, dict | None]:
@@ -167,7 +168,7 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None, *, length: int, width: in
     if job is not None and not isinstance(job, VDMJob):
         raise ValueError(f"Sample DDIM-v: job must come from a VDM job node (Extend / Interpolate / Upscale), got "
                          f"{type(job).__name__}")
-    sampler = settings.SamplerSettings(steps=steps, eta=eta, method=method, seed=seed % 2**63,
+    sampler = settings.SamplerSettings(steps=steps, eta=eta, method=method, seed=seed % 2**63, iterations=iterations,
                                        guidance_weight=None if guidance_weight < 0 else guidance_weight)
     caps = contract.capabilities(model.network)
     load = load_model_to_device or keep_on_device
