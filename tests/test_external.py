@@ -197,3 +197,22 @@ def test_latent_generate_and_sizes_the_vae_cannot_make():
         tasks.extend(model, clip_of(5, 7, 8), 4, steps=2)
     with pytest.raises(ValueError, match="pure frame selection"):
         tasks.upscale(model, clip_of(5, 4, 4), 2, steps=2, method="replacement")
+
+
+@pytest.mark.parametrize("job", ["interpolate", "upscale"])
+def test_latent_observations_hold_with_posterior_and_consistency(job):
+    """Through the VAE, the known pixels hold within 2/255 RMS with methods posterior and consistency, where
+    ``both`` at its auto weight misses them (measured at 16 steps, RMS /255: interpolation both 10.0, posterior
+    0.01, consistency 0.00; upscaling's block means 18.1, 0.52, 0.00)."""
+    model = latent_model()
+    truth = ToyVAE().decode(ToyVAE().encode(clip_of(17, 16, 16, seed=3)[None]))[0]  # a clip the VAE can make
+    if job == "interpolate":
+        clip = truth[:, ::4]
+        run = lambda m: tasks.interpolate(model, clip, 4, steps=16, method=m, seed=4)  # noqa: E731
+        err = lambda out: (out - truth).pow(2).mean().sqrt()  # noqa: E731 (the prior knows the rest from the keys)
+    else:
+        clip = guidance.area_downsample(truth[None], 2)[0]
+        run = lambda m: tasks.upscale(model, clip, 2, steps=16, method=m, seed=4)  # noqa: E731
+        err = lambda out: (guidance.area_downsample(out[None], 2)[0] - clip).pow(2).mean().sqrt()  # noqa: E731
+    errs = {m: 255 * err(run(m)).item() for m in ("both", "posterior", "consistency")}
+    assert errs["posterior"] < 2 and errs["consistency"] < 2 and errs["both"] > 4, errs
