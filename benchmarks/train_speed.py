@@ -40,7 +40,7 @@ from vdm_core.distributed import BatchPositions
 from vdm_core.footage import ClipFolder
 from vdm_core.train import TrainConfig, train
 from vdm_core.unet3d import UNet3D, UNet3DConfig
-from vdm_core.video_io import write_video
+from vdm_core.video_write import write_video
 
 
 def config(args, out: str) -> TrainConfig:

@@ -1,16 +1,14 @@
 """The ComfyUI nodes, imported the way ComfyUI imports a custom-node folder, against small stand-ins for
 ComfyUI's modules (tests/comfy_stubs.py). Every node runs under torch.inference_mode(), like in ComfyUI."""
-import asyncio
-import importlib.util
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import comfy_stubs
+from comfy_pack import stubbed_pack
 from vdm_core import checkpoint
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
@@ -35,21 +33,8 @@ def comfy(tmp_path_factory):
     pack.parent.mkdir()
     pack.symlink_to(ROOT, target_is_directory=True)
     stubs = comfy_stubs.modules(str(models))
-    name = str(pack).replace(".", "_x_")
-    # only the stubs and the pack's own modules come and go (third-party modules first imported while
-    # the pack loads stay, so later tests never import them twice)
-    with mock.patch.dict(sys.modules, stubs):
-        try:
-            spec = importlib.util.spec_from_file_location(name, pack / "__init__.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-            extension = asyncio.run(module.comfy_entrypoint())
-            nodes = asyncio.run(extension.get_node_list())
-            yield module, {n.GET_SCHEMA().node_id: n for n in nodes}, stubs, extension
-        finally:
-            added = {k: v for k, v in sys.modules.items() if k not in stubs and not k.startswith(name)}
-    sys.modules.update(added)
+    with stubbed_pack(stubs, pack, str(pack).replace(".", "_x_")) as (module, extension, nodes):
+        yield module, nodes, stubs, extension
 
 
 def run(node, **inputs):

@@ -21,7 +21,8 @@ from vdm_core.data import SpriteClips, sprite_batch
 from vdm_core.train import TrainConfig, item_noise, lr_at, train, v_loss, v_losses
 from vdm_core.train_log import TrainLog
 from vdm_core.unet3d import UNet3D, UNet3DConfig
-from vdm_core.video_io import probe, write_video
+from vdm_core.video_io import probe
+from vdm_core.video_write import write_video
 
 from train_runs import drift, initial_weights, losses, raw_weights, tiny_config
 
@@ -47,6 +48,15 @@ def test_training_lowers_the_loss(tmp_path):
     assert logs[-1] == f"wrote {path} after 30 steps"
     assert sorted(losses(logs)) == [10, 20, 30]
     assert re.fullmatch(r"step 30/30 loss [\d.]+ lr [\d.e+-]+ [\d.]+ clips/s eta 00:00", logs[-2])
+
+
+def test_a_run_that_ends_inside_the_warm_up_says_so(tmp_path):
+    logs = []
+    train(tiny_config(tmp_path, steps=2, warmup=5), log=logs.append)
+    assert any("--steps 2 ends inside the 5-step learning-rate warm-up" in line for line in logs), logs
+    logs.clear()
+    train(tiny_config(tmp_path, steps=3, warmup=2), log=logs.append)
+    assert not any("warm-up" in line for line in logs)
 
 
 def test_v_loss_of_a_zero_model_is_the_mean_square_of_v():
@@ -310,7 +320,7 @@ def test_every_setting_is_a_typed_field_with_help(cls):
 @pytest.mark.parametrize("setting, message", [
     (dict(batch=0), "--batch must be at least 1, got 0"),
     (dict(log_every=0), "--log-every must be at least 1, got 0"),
-    (dict(precision="half"), "--precision must be one of auto, fp32, bf16, fp16, got 'half'"),
+    (dict(precision="half"), "--precision must be one of auto, fp32, fp16, bf16, got 'half'"),
     (dict(crop="middle"), "--crop must be one of random, centre, got 'middle'"),
     (dict(images="x", image_ratio=1.5), "--image-ratio must be between 0 and 1"),
     (dict(ema_decay=1.0), r"--ema-decay must be in \[0, 1\), got 1.0"),

@@ -116,15 +116,15 @@ def measure(a, sm, mode, checkpointing, mp, load_s, sampling, guidance, comfyenv
 
     def fn():
         marks.append(time.perf_counter())
-        return sampling.sample(sm, noise.to(sm.device), angles, observation=obs, method="reconstruction",
-                               guidance_weight=0.0 if mode == "none" else 1.0, clip=False,
+        settings = sampling.SamplerSettings(method="reconstruction", guidance_weight=0.0 if mode == "none" else 1.0)
+        return sampling.sample(sm, noise.to(sm.device), angles, settings, observation=obs, clip=False,
                                callback=lambda i, n, x: marks.append(time.perf_counter()))
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     base = comfyenv.rss_mb()
     with comfyenv.PeakRSS() as mem, torch.inference_mode():
-        x = sm.run(fn, shape)
+        x = sm.run(fn, shape, angles)
     steps = [b - c for c, b in zip(marks, marks[1:])]
     out = dict(comfyui=comfyenv.version(), model=a.model, frames=a.frames, width=width, height=height,
                latent=list(shape), mode=mode, checkpointing=checkpointing, steps=a.steps, device=str(sm.device),

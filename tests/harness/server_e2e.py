@@ -43,7 +43,7 @@ sys.path.insert(0, str(PACK))
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
-from vdm_core import data, guidance, video_io  # noqa: E402
+from vdm_core import data, guidance, video_io, video_write  # noqa: E402
 
 WAN = ("vdm_test_wan21_tiny.safetensors", "vdm_test_wan21_vae.safetensors")
 
@@ -179,8 +179,8 @@ def main():
     truth_i = data.sprite_clip(2, size=32, frames=9)           # interpolation: the even frames are the input
     truth_u = data.sprite_clip(3, size=32, frames=9)           # upscale: its 16×16 area average is the input
     truth_e = data.sprite_clip(1, size=32, frames=17)          # extension: the first 7 / 9 frames are the input
-    video_io.write_video(work / "vdm_e2e_interp.mp4", truth_i[:, ::2], 8, crf=0)
-    video_io.write_video(work / "vdm_e2e_low.mp4", guidance.area_downsample(truth_u[None], 2)[0], 8, crf=0)
+    video_write.write_video(work / "vdm_e2e_interp.mp4", truth_i[:, ::2], 8, crf=0)
+    video_write.write_video(work / "vdm_e2e_low.mp4", guidance.area_downsample(truth_u[None], 2)[0], 8, crf=0)
     with Server(a.base, a.port) as srv:
         info = srv.get("/object_info/VDM_FromComfyModel")["VDM_FromComfyModel"]
         report["comfyui"] = srv.get("/system_stats")["system"]["comfyui_version"]
