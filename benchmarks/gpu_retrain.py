@@ -12,7 +12,7 @@ benchmarks/gpu_run.py) and write its inference weights where the run tool collec
 
 Every step prints ``RESULT {json}`` (calibration, the training run with its exact command and loss curve,
 the exported file); the training run's own lines are passed through as ``train| ...``. The defaults are the
-run's (what ``vdm demo`` can afford on 2 CPU cores: base width 64, 5.6 M parameters, benchmarks/GPU_RUN.md);
+run's (what ``vdm demo`` can afford on 2 CPU cores: base width 64, 5.6 M parameters, docs/benchmarks.md "GPU run");
 ``--dry-run`` in gpu_run.py passes a tiny network, batch and budget and ``--device cpu``.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one prepared GPU run of issue 18 (benchmarks/GPU_RUN.md says how to start it; benchmarks/gpu_run.sh
+"""The one prepared GPU run of issue 18 (docs/benchmarks.md "GPU run" says how to start it; benchmarks/gpu_run.sh
 installs what it needs and starts this). Each stage runs in a fresh process that is stopped at the stage's
 time budget; every measurement a stage prints (``RESULT {json}``, or a JSON line for the Wan harness) is
 appended to ``OUT/results.jsonl`` at once, with the stage's name, and ``OUT/summary.md`` is rewritten after
@@ -40,14 +40,14 @@ def stages(out: Path, work: Path, dry: bool) -> list[tuple[str, float, list[str]
     ``BUDGET`` in an argv stands for the seconds the stage is given, less 10 for its own ending."""
     if dry:
         retrain = ["--device", "cpu", "--size", "8", "--frames", "4", "--base-width", "8", "--width-mults", "1",
-                   "2", "--batch", "4", "--workers", "2", "--warmup", "5", "--log-every", "5",
+                   "2", "--batch", "4", "--workers", "1", "--warmup", "5", "--log-every", "5",
                    "--calibrate-steps", "5"]
         unet = ["--device", "cpu", "--batch", "1", "--frames", "4", "--size", "16", "--base-width", "16",
                 "--width-mults", "1", "2", "--runs", "2", "--matmul", "256"]
         train = ["--device", "cpu", "--size", "8", "--frames", "4", "--base-width", "8", "--width-mults", "1", "2",
                  "--batch", "2", "--steps", "6", "--skip", "2"]
         wan = ["--frames", "5", "--width", "32", "--height", "32", "--device", "cpu"]
-        budgets = {"retrain": 150, "unet": 420, "train": 150, "wan": 420}
+        budgets = {"retrain": 150, "unet": 300, "train": 150, "wan": 420}
     else:
         retrain, unet = [], []
         train = ["--device", "cuda", "--precision", "bf16", "--size", "64", "--frames", "16", "--base-width",

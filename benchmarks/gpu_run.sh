@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU run of issue 18 (benchmarks/GPU_RUN.md): on the device machine, in the repository root,
+# The one prepared GPU run of issue 18 (docs/benchmarks.md "GPU run"): on the device machine, in the repository root,
 # with .gpu/ carried (benchmarks/gpu_prepare.sh makes it here). Installs the carried wheels offline into
 # /tmp/vdm-gpu/site, unpacks ComfyUI into /tmp/vdm-gpu/comfyhome, then runs benchmarks/gpu_run.py's stages so
 # that all of them end within 560 s of this script's start; everything goes to $OUT (log.txt, results.jsonl,
@@ -7,7 +7,7 @@
 #
 # usage: bash benchmarks/gpu_run.sh [--dry-run] [--stages retrain unet train wan]
 #   --dry-run: the same stages at tiny sizes on the CPU, within 1200 s, with the python3 first on PATH and
-#   OUT=out/gpu-run unless OUT is set: what benchmarks/GPU_RUN.md says to run here before the real run.
+#   OUT=out/gpu-run unless OUT is set: what docs/benchmarks.md "GPU run" says to run here before the real run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -23,7 +23,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,cl
     --format=csv 2>&1 || true
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
     .gpu/wheels/*.whl || { echo "the carried wheels did not install"; exit 1; }
-tar -xJf .gpu/comfyui.tar.xz -C "$WORK/comfyhome" || { echo "ComfyUI did not unpack"; exit 1; }
+python3 -c 'import sys, tarfile; t = tarfile.open(sys.argv[1]); t.extraction_filter = getattr(tarfile, "data_filter", None)
+t.extractall(sys.argv[2])' .gpu/comfyui.tar.xz "$WORK/comfyhome" || { echo "ComfyUI did not unpack"; exit 1; }  # no xz needed
 export PYTHONPATH="$PWD:$WORK/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import av, torch, vdm_app.lib; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       'av', av.__version__)" || exit 1

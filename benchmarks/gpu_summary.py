@@ -14,8 +14,15 @@ def _f(x, fmt: str) -> str:
     return "–" if x is None else format(x, fmt)
 
 
+def _cell(text: str) -> str:
+    """One table cell: an error's first line (the whole message is in results.jsonl), no pipes."""
+    text = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return text.replace("|", "/")[:200]
+
+
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)] + [
+        "| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
 
 
 def summary(records: list[dict]) -> str:
@@ -31,14 +38,16 @@ def summary(records: list[dict]) -> str:
         out += ["", f"Matmul {r['n']}³ on {r['device']} (torch {r['torch']}): bf16 {r['bf16_tflops']:.1f} TFLOP/s, "
                 f"fp32 {r['fp32_tflops']:.1f} TFLOP/s (cuDNN TF32 {r['cudnn_allow_tf32']}, matmul TF32 "
                 f"{r['matmul_allow_tf32']})."]
+    for r in by("skip"):
+        out += ["", f"Skipped: {r['what']}: {r['reason']}."]
     unet = by("unet")
     if unet:
         out += ["", "## U-Net speed (item 1)", ""] + _table(
             ["network", "params M", "input", "precision", "compiled", "job", "GFLOP", "median ms", "min ms",
              "first s", "TFLOP/s", "% bf16 matmul", "peak MiB"],
             [[r["net"], f"{r['params_m']:.1f}", "×".join(map(str, r["input"])), r["precision"], str(r["compiled"]),
-              r["job"], f"{r['gflop']:.0f}"] + ([r["error"]] + [""] * 5 if "error" in r else [
-              f"{1e3 * r['median_s']:.1f}", f"{1e3 * r['min_s']:.1f}", f"{r['first_s']:.1f}", f"{r['tflops']:.1f}",
+              r["job"], f"{r['gflop']:.3g}"] + ([r["error"]] + [""] * 5 if "error" in r else [
+              f"{1e3 * r['median_s']:.1f}", f"{1e3 * r['min_s']:.1f}", f"{r['first_s']:.1f}", f"{r['tflops']:.3g}",
               f"{100 * r['share_bf16_matmul']:.0f}%", _f(r.get("peak_mb"), ".0f")]) for r in unet])
     train = by("train")
     if train:

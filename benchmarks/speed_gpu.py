@@ -110,7 +110,11 @@ def networks(args, device: torch.device) -> dict:
         ours.conv_out.weight.normal_(0, 0.01)
     nets = {"vdm_core UNet3D": (ours.to(device).train(), lambda m: m(z, phi))}
     Theirs = import_theirs()
-    if Theirs is not None:
+    if Theirs is None:  # its wheel was not carried or does not import: said in the results, ours goes on
+        print("peer Unet3D skipped: video-diffusion-pytorch does not import here (carry its wheels: "
+              "benchmarks/gpu_prepare.sh)", flush=True)
+        emit(kind="skip", what="video-diffusion-pytorch Unet3D", reason="does not import (wheel not carried?)")
+    else:
         theirs = Theirs(dim=args.base_width, dim_mults=tuple(args.width_mults), channels=3).to(device).train()
         t = torch.randint(0, 1000, (args.batch,), device=device)
         nets[f"video-diffusion-pytorch {version('video-diffusion-pytorch')} Unet3D"] = (theirs, lambda m: m(z, t))
@@ -129,6 +133,11 @@ def main(argv=None) -> None:
     p.add_argument("--matmul", type=int, default=8192, help="n of the n×n matmul rates (default: 8192)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    # the peer's attention and block modules share their forward's code at several widths: at dynamo's default
+    # limit of 8 recompilations per code object the rest of its calls would run eagerly, uncompiled; and with
+    # automatic dynamic shapes (after the first recompilation) inductor failed on its backward (dry run, torch
+    # 2.14), hence dynamic=False below
+    torch._dynamo.config.recompile_limit = 64
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes, as in training
     clock = Clock(device)
@@ -147,7 +156,7 @@ def main(argv=None) -> None:
     for name, precision, comp in plan:
         model, call = nets[name]
         if comp and name not in compiled:
-            compiled[name] = torch.compile(model)
+            compiled[name] = torch.compile(model, dynamic=False)  # one static graph per shape, as in training
         for job, fn in jobs(compiled[name] if comp else model, call, precision, device).items():
             base = dict(kind="unet", net=name, params_m=sum(x.numel() for x in model.parameters()) / 1e6,
                         input=shape, widths=[args.base_width * m for m in args.width_mults], precision=precision,

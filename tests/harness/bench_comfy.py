@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -80,6 +81,7 @@ def run_one(a):
         try:
             yield measure(a, models[ck].network, mode, ck, mp, load_s, sampling, guidance, comfyenv, torch)
         except Exception as e:
+            traceback.print_exc()  # where it failed, in the log; the result says what
             yield dict(comfyui=comfyenv.version(), model=a.model, frames=a.frames, mode=mode, checkpointing=ck,
                        device=a.device, error=f"{type(e).__name__}: {str(e)[:400]}")
             if torch.cuda.is_available():
