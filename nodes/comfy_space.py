@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import weakref
 
 import comfy.model_management as mm
 import torch
@@ -75,23 +74,12 @@ def _chunk_calls(module: torch.nn.Module) -> bool:
     return "feat_cache" in inspect.signature(module.forward).parameters
 
 
-def _checkpointed_call(original, store: torch.device | None = None, copies: dict | None = None):
+def _checkpointed_call(original, store: torch.device | None = None):
     """``original(x, feat_cache, feat_idx)`` (a call that reads and replaces entries of a causal cache) recomputed
     in the backward pass, exactly: the cache enters the checkpointed call as inputs and leaves as outputs, so a
     recompute sees the cache its own call saw and gradients flow through it to earlier calls. With ``store``,
     the cache a call was given is kept there until the backward pass (copied back for the recompute; the copies
-    are differentiable, so the gradient is the same); ``copies`` shares each tensor's one copy among the calls
-    that are given it (keyed by ``id``, dropped when the tensor dies)."""
-
-    def stored(c):
-        if store is None or not isinstance(c, torch.Tensor):
-            return c
-        if copies is None:
-            return c.to(store)
-        if id(c) not in copies:
-            copies[id(c)] = c.to(store)
-            weakref.finalize(c, copies.pop, id(c), None)
-        return copies[id(c)]
+    are differentiable, so the gradient is the same)."""
 
     def forward(x, feat_cache=None, feat_idx=None, **kw):
         if feat_cache is None or not torch.is_grad_enabled():
@@ -103,7 +91,7 @@ def _checkpointed_call(original, store: torch.device | None = None, copies: dict
             idx = [start]
             return original(x, feat_cache=cache, feat_idx=idx, **kw), cache, idx[0]
 
-        given = [stored(c) for c in feat_cache]
+        given = [c.to(store) if store is not None and isinstance(c, torch.Tensor) else c for c in feat_cache]
         out, cache, used = torch.utils.checkpoint.checkpoint(call, x, *given, use_reentrant=False)
         feat_cache[:] = cache
         if feat_idx is not None:
@@ -115,28 +103,28 @@ def _checkpointed_call(original, store: torch.device | None = None, copies: dict
 
 @contextlib.contextmanager
 def checkpointed_chunks(first_stage_model: torch.nn.Module, store: torch.device | None = None):
-    """Each block of a causal video decoder that takes the cache (Wan's residual, attention and resampling blocks)
-    recomputed in the backward pass (activation checkpointing), exactly: the cache (``feat_cache``, the last frames
-    of every causal convolution's input) enters each checkpointed call as an input and leaves as an output
-    (``_checkpointed_call``). A pixel observation's gradient then holds each block call's input and cache and
-    recomputes one block at a time, instead of every layer's activations (tests/harness/bench_decoder.py). With
-    ``store`` (the host's memory, when the decoder runs on an accelerator) the caches wait there for the backward
-    pass. The chunk calls themselves are not checkpointed around the blocks: nested checkpoints failed torch's
-    recompute check on ComfyUI 0.33.0's tiny Wan VAE ("a different number of tensors was saved"). Decoders without
-    chunk calls (LTX-Video) are left alone. Restored on exit."""
+    """Each chunk call of a causal video decoder recomputed in the backward pass (activation checkpointing), and
+    inside it each block that takes the cache (Wan's residual, attention and resampling blocks), exactly: every
+    cache (``feat_cache``, the last frames of every causal convolution's input) enters a checkpointed call as an
+    input and leaves as an output (``_checkpointed_call``). A pixel observation's gradient then holds the caches,
+    the chunks' inputs and the block inputs of one chunk, and recomputes one block at a time, instead of every
+    frame's activations (tests/harness/bench_decoder.py). With ``store`` (the host's memory, when the decoder runs
+    on an accelerator) each chunk's cache waits there for the backward pass, and the accelerator holds one chunk's
+    cache at a time: at 33×480×832 the caches are most of what grows with the frames. Decoders without chunk
+    calls (LTX-Video) are left alone. Restored on exit."""
     decoder = getattr(first_stage_model, "decoder", None)
-    if decoder is None or not _chunk_calls(decoder):
+    if decoder is None or "forward" in decoder.__dict__ or not _chunk_calls(decoder):
         yield False
         return
     blocks = [m for name in ("middle", "upsamples") for m in getattr(decoder, name, ())
               if "forward" not in m.__dict__ and _chunk_calls(m)]
-    copies = {}
+    decoder.forward = _checkpointed_call(decoder.forward, store)
     for module in blocks:
-        module.forward = _checkpointed_call(module.forward, store, copies)
+        module.forward = _checkpointed_call(module.forward)
     try:
-        yield bool(blocks)
+        yield True
     finally:
-        for module in blocks:
+        for module in [decoder] + blocks:
             del module.forward
 
 
