@@ -74,12 +74,15 @@ def _chunk_calls(module: torch.nn.Module) -> bool:
     return "feat_cache" in inspect.signature(module.forward).parameters
 
 
-def _checkpointed_call(original, store: torch.device | None = None):
+def _checkpointed_call(original, store: torch.device | None = None, inner: tuple = ()):
     """``original(x, feat_cache, feat_idx)`` (a call that reads and replaces entries of a causal cache) recomputed
     in the backward pass, exactly: the cache enters the checkpointed call as inputs and leaves as outputs, so a
     recompute sees the cache its own call saw and gradients flow through it to earlier calls. With ``store``,
     the cache a call was given is kept there until the backward pass (copied back for the recompute; the copies
-    are differentiable, so the gradient is the same)."""
+    are differentiable, so the gradient is the same). ``inner``: modules whose calls are checkpointed the same
+    way while ``original`` runs — installed by the checkpointed call itself, so its recompute (in the backward
+    pass, after the caller's ``with checkpointed_chunks`` may have ended) runs the same wrapped blocks and saves
+    the same tensors as the forward did."""
 
     def forward(x, feat_cache=None, feat_idx=None, **kw):
         if feat_cache is None or not torch.is_grad_enabled():
@@ -89,7 +92,9 @@ def _checkpointed_call(original, store: torch.device | None = None):
         def call(x, *cache):
             cache = [c.to(device) if store is not None and isinstance(c, torch.Tensor) else c for c in cache]
             idx = [start]
-            return original(x, feat_cache=cache, feat_idx=idx, **kw), cache, idx[0]
+            with _each_checkpointed(inner):
+                out = original(x, feat_cache=cache, feat_idx=idx, **kw)
+            return out, cache, idx[0]
 
         given = [c.to(store) if store is not None and isinstance(c, torch.Tensor) else c for c in feat_cache]
         out, cache, used = torch.utils.checkpoint.checkpoint(call, x, *given, use_reentrant=False)
@@ -118,13 +123,23 @@ def checkpointed_chunks(first_stage_model: torch.nn.Module, store: torch.device 
         return
     blocks = [m for name in ("middle", "upsamples") for m in getattr(decoder, name, ())
               if "forward" not in m.__dict__ and _chunk_calls(m)]
-    decoder.forward = _checkpointed_call(decoder.forward, store)
-    for module in blocks:
-        module.forward = _checkpointed_call(module.forward)
+    decoder.forward = _checkpointed_call(decoder.forward, store, tuple(blocks))
     try:
         yield True
     finally:
-        for module in [decoder] + blocks:
+        del decoder.forward
+
+
+@contextlib.contextmanager
+def _each_checkpointed(modules: tuple):
+    """Each of ``modules`` called through ``_checkpointed_call`` inside the block (instance attributes, removed on
+    exit): a chunk call's blocks, during that call and during its recompute."""
+    for module in modules:
+        module.forward = _checkpointed_call(module.forward)
+    try:
+        yield
+    finally:
+        for module in modules:
             del module.forward
 
 

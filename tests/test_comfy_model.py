@@ -555,6 +555,13 @@ def test_decoder_chunks_are_checkpointed_exactly(pack):
     with space_mod.checkpointed_chunks(vae, torch.device("cpu")):  # caches kept in a store (the host's memory on
         (g_stored,) = torch.autograd.grad(vae.decode(x).pow(3).sum(), x)  # a GPU; here the code path, no transfer)
     assert torch.allclose(g_stored, g_want, atol=1e-6)
+    vae.decoder.calls = blocks[0].calls = blocks[1].calls = 0
+    with space_mod.checkpointed_chunks(vae):  # as the pack's decode: the backward pass after the context ends
+        got = vae.decode(x)
+    assert all("forward" not in m.__dict__ for m in [vae.decoder] + blocks)
+    (g_after,) = torch.autograd.grad(got.pow(3).sum(), x)  # the recompute runs the same checkpointed blocks
+    assert torch.allclose(g_after, g_want, atol=1e-6) and vae.decoder.calls == 10 and blocks[0].calls == 15
+    assert all("forward" not in m.__dict__ for m in [vae.decoder] + blocks)
     with torch.no_grad(), space_mod.checkpointed_chunks(vae):
         assert torch.equal(vae.decode(x), want)  # without autograd: the plain calls
     plain = StandInDecoder()

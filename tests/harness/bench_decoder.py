@@ -46,7 +46,7 @@ def run_one(size: str, chunks: bool, compare: bool) -> dict:
         with space.checkpointed_chunks(fsm) if checkpointed else contextlib.nullcontext():
             img = fsm.decode(x)
             img = torch.cat(img, 2) if isinstance(img, list) else img
-            (g,) = torch.autograd.grad(img.pow(2).sum(), x)
+        (g,) = torch.autograd.grad(img.pow(2).sum(), x)  # after the context, as the pack's decode is used
         return img.detach(), g
 
     base = comfyenv.rss_mb()
