@@ -229,3 +229,24 @@ def test_cancel_stops_sampling_and_resets(comfy):
     utils.set_progress_bar_global_hook(None)
     out = run(nodes["VDM_SampleDDIMv"], model=model, length=2, width=8, height=8, steps=1)[0]
     assert out.shape == (2, 8, 8, 3)
+
+
+def test_sample_with_posterior_and_consistency_and_without_iterations(comfy, monkeypatch):
+    """The new methods run through the node; `iterations` is optional, so a prompt saved before it existed (no
+    `iterations`) runs with the default, and a given value reaches the sampler."""
+    from vdm_core import settings
+    _, nodes, _, _ = comfy
+    seen = []
+    for module in [m for n, m in sys.modules.items() if n.endswith("vdm_core.sampling")]:  # the pack's own copy too
+        for name in ("posterior", "consistent"):
+            real = getattr(module, name)
+            monkeypatch.setattr(module, name, lambda den, obs, it, real=real, name=name: seen.append((name, it)) or
+                                real(den, obs, it))
+    (model,) = run(nodes["VDM_LoadModel"], model_name="tiny.safetensors", dtype="fp32")
+    images, fps = run(nodes["VDM_SpriteClip"], seed=5, size=8, length=3, fps=10.0)
+    (job,) = run(nodes["VDM_ExtendClip"], new_frames=2, context=0, window=0, tile=0, frames=images, fps=fps)
+    for method, extra in (("posterior", {"iterations": 2}), ("posterior", {}), ("consistency", {})):
+        out, _, _ = run(nodes["VDM_SampleDDIMv"], model=model, steps=2, method=method, seed=3, job=job, **extra)
+        assert out.shape == (5, 8, 8, 3) and torch.allclose(out[:3], images, atol=1e-6)
+    default = settings.DEFAULT_ITERATIONS
+    assert seen == [("posterior", 2), ("posterior", default), ("consistent", default)]

@@ -160,12 +160,13 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                   "(each step's prediction moved to the nearest clip that agrees with the input, through the VAE for "
                   "latent models; never differentiates the model, so it fits the largest models; no weight).",
                   default="both", options=settings.METHODS, flag="--method"),
+            _int("seed", 0, 0, 0xFFFFFFFFFFFFFFFF, "Noise seed; the same seed gives the same clip on any device.",
+                 seed=True, flag="--seed"),
             _int("iterations", settings.DEFAULT_ITERATIONS, 1, 32, "Methods posterior and consistency only: solver "
                  "iterations per step. Posterior: each is one backward pass through the model (time grows with it); "
                  f"{settings.DEFAULT_ITERATIONS} is exact on Gaussian test data. Consistency: passes through the VAE "
-                 "decoder only.", flag="--iterations"),
-            _int("seed", 0, 0, 0xFFFFFFFFFFFFFFFF, "Noise seed; the same seed gives the same clip on any device.",
-                 seed=True, flag="--seed"),
+                 "decoder only. Optional, so API prompts saved before it existed still run.", flag="--iterations",
+                 optional=True),
             Input("job", "VDM_JOB", "What to make: the output of Extend Clip, Interpolate Frames or Upscale Video. "
                   "Unconnected: a new clip of length × width × height.", optional=True),
         ),
