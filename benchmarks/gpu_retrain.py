@@ -1,4 +1,4 @@
-"""Retrain the bundled model from scratch in a fixed time on a GPU (issue 18, item 4; a stage of
+"""Retrain the bundled model from scratch in a fixed time on a GPU (a stage of
 benchmarks/gpu_run.py) and write its inference weights where the run tool collects them.
 
 1. calibrate: a short run of the same settings in a fresh process (benchmarks/train_speed.py's

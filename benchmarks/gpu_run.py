@@ -1,4 +1,4 @@
-"""The one prepared GPU run of issue 18 (docs/benchmarks.md "GPU run" says how to start it; benchmarks/gpu_run.sh
+"""The one prepared GPU run (docs/benchmarks.md "GPU run" says how to start it; benchmarks/gpu_run.sh
 installs what it needs and starts this). Each stage runs in a fresh process that is stopped at the stage's
 time budget; every measurement a stage prints (``RESULT {json}``, or a JSON line for the Wan harness) is
 appended to ``OUT/results.jsonl`` at once, with the stage's name, and ``OUT/summary.md`` is rewritten after

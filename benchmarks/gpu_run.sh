@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU run of issue 18 (docs/benchmarks.md "GPU run"): on the device machine, in the repository root,
+# The one prepared GPU run (docs/benchmarks.md "GPU run"): on the device machine, in the repository root,
 # with .gpu/ carried (benchmarks/gpu_prepare.sh makes it here). Installs the carried wheels offline into
 # /tmp/vdm-gpu/site, unpacks ComfyUI into /tmp/vdm-gpu/comfyhome, then runs benchmarks/gpu_run.py's stages so
 # that all of them end within 560 s of this script's start; everything goes to $OUT (log.txt, results.jsonl,

@@ -1,4 +1,4 @@
-"""U-Net speed on a GPU (issue 18, item 1; a stage of benchmarks/gpu_run.py): forward and forward+backward time
+"""U-Net speed on a GPU (a stage of benchmarks/gpu_run.py): forward and forward+backward time
 of vdm_core's UNet3D and of video-diffusion-pytorch's Unet3D at equal widths, in fp32 and under bf16 autocast,
 eager and ``torch.compile``d, with TFLOP/s and their share of the bf16 and fp32 matmul rates measured first in
 the same process.

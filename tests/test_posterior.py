@@ -282,7 +282,7 @@ def test_posterior_on_a_network_under_inference_mode_and_in_bfloat16():
             run(bad, noise)
 
 
-# ---------------------------------------------------------------- the oracle goals (issue 17)
+# ---------------------------------------------------------------- the oracle goals
 
 
 def _sample_job(model, x, obs, method, steps=100, factor=1):
