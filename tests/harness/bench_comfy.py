@@ -118,7 +118,7 @@ def measure(a, sm, mode, checkpointing, mp, load_s, sampling, guidance, comfyenv
 
     def fn():
         marks.append(time.perf_counter())
-        settings = sampling.SamplerSettings(method="reconstruction", guidance_weight=0.0 if mode == "none" else 1.0)
+        settings = sampling.SamplerSettings(method=a.method, guidance_weight=0.0 if mode == "none" else 1.0)
         return sampling.sample(sm, noise.to(sm.device), angles, settings, observation=obs, clip=False,
                                callback=lambda i, n, x: marks.append(time.perf_counter()))
 
@@ -129,7 +129,8 @@ def measure(a, sm, mode, checkpointing, mp, load_s, sampling, guidance, comfyenv
         x = sm.run(fn, shape, angles)
     steps = [b - c for c, b in zip(marks, marks[1:])]
     out = dict(comfyui=comfyenv.version(), model=a.model, frames=a.frames, width=width, height=height,
-               latent=list(shape), mode=mode, checkpointing=checkpointing, steps=a.steps, device=str(sm.device),
+               latent=list(shape), mode=mode, method=a.method if mode != "none" else None,
+               checkpointing=checkpointing, steps=a.steps, device=str(sm.device),
                dtype=str(mp.model.get_dtype()), params_m=sum(p.numel() for p in mp.model.diffusion_model.parameters()) / 1e6,
                load_s=load_s, step_s=statistics.median(steps[1:] or steps), first_step_s=steps[0], rss_before_mb=base,
                rss_peak_added_mb=mem.peak - base, finite=bool(torch.isfinite(x).all()))
@@ -141,7 +142,8 @@ def measure(a, sm, mode, checkpointing, mp, load_s, sampling, guidance, comfyenv
 def row(r: dict) -> str:
     if "error" in r:
         return f"| {r['model']} | {r['comfyui']} | {r['frames']} frames | {r['mode']} | {r['checkpointing']} | {r['error']} |"
-    return (f"| {r['model']} | {r['comfyui']} | {r['frames']}×{r['width']}×{r['height']} → {r['latent']} | {r['mode']} | "
+    mode = r['mode'] + (f" ({r['method']})" if r.get('method') else "")
+    return (f"| {r['model']} | {r['comfyui']} | {r['frames']}×{r['width']}×{r['height']} → {r['latent']} | {mode} | "
             f"{'yes' if r['checkpointing'] else 'no'} | {r['step_s']:.3f} s | +{r['rss_peak_added_mb']:.0f} MB |")
 
 
@@ -158,6 +160,9 @@ def main():
     ap.add_argument("--modes", nargs="+", help="one: several modes (each with and without checkpointing) on one "
                     "loaded model; table: the modes to run, each in its own process (default all)")
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--method", default="reconstruction",
+                    choices=("reconstruction", "both", "posterior", "consistency"),
+                    help="how the guided modes are conditioned (w_r 1 where the method has a weight)")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=("fp32", "bf16", "fp16"))
@@ -175,7 +180,7 @@ def main():
                    "--frames", str(a.frames), "--size", str(a.size), "--mode", mode, "--steps", str(a.steps),
                    "--device", a.device] + (["--checkpointing"] if ckpt else []) + \
                   (["--width", str(a.width)] if a.width else []) + (["--height", str(a.height)] if a.height else []) + \
-                  (["--dtype", a.dtype] if a.dtype else [])
+                  (["--dtype", a.dtype] if a.dtype else []) + ["--method", a.method]
             res = subprocess.run(cmd, capture_output=True, text=True)
             line = next((ln for ln in reversed(res.stdout.splitlines()) if ln.startswith("{")), None)
             if line is None:
