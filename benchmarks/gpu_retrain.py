@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,8 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import time_training  # noqa: E402  (benchmarks/ is not a package)
+from gpu_run import wait_or_stop  # noqa: E402  (benchmarks/ is not a package)
+from train_speed import time_training  # noqa: E402
 
 from vdm_core import checkpoint  # noqa: E402
 
@@ -89,16 +89,8 @@ def train(a, steps: int, every: int, work: Path, deadline: float) -> dict:
     reader = threading.Thread(target=relay, daemon=True)
     t0 = time.monotonic()
     reader.start()
-    try:
-        rc, stopped = proc.wait(timeout=max(1.0, deadline - time.monotonic())), False
-    except subprocess.TimeoutExpired:  # over budget: its last checkpoint (written atomically) stands
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            rc = proc.wait()
-        stopped = True
+    # over budget: stopped; its last checkpoint (written atomically) stands
+    rc, stopped = wait_or_stop(proc, max(1.0, deadline - time.monotonic()))
     reader.join(timeout=5)
     done = json.loads(checkpoint.read(ckpt)[0]["train_state"])["step"] if ckpt.exists() else 0
     return {"command": "vdm train " + " ".join(flags[:-1] + [ckpt.name]), "returncode": rc,

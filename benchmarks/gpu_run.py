@@ -35,6 +35,20 @@ PY = sys.executable
 BUDGET = "{budget}"
 
 
+def wait_or_stop(proc: subprocess.Popen, budget: float) -> tuple[int, bool]:
+    """``(returncode, stopped)``: wait up to ``budget`` seconds for ``proc`` (started with
+    ``start_new_session=True``); past it, SIGTERM its process group, and SIGKILL after 10 s more."""
+    try:
+        return proc.wait(timeout=budget), False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout=10), True
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait(), True
+
+
 def stages(out: Path, work: Path, dry: bool) -> list[tuple[str, float, list[str], dict]]:
     """``(name, budget s, argv, extra environment)`` of each stage, in order; tiny sizes when ``dry``.
     ``BUDGET`` in an argv stands for the seconds the stage is given, less 10 for its own ending."""
@@ -110,17 +124,8 @@ def run_stage(name: str, budget: float, argv: list[str], env: dict, results: Res
 
     reader = threading.Thread(target=relay, daemon=True)
     reader.start()
-    status = "ok"
-    try:
-        rc = proc.wait(timeout=budget)
-    except subprocess.TimeoutExpired:
-        status = "stopped at its budget"
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            rc = proc.wait()
+    rc, stopped = wait_or_stop(proc, budget)
+    status = "stopped at its budget" if stopped else "ok"
     reader.join(timeout=10)
     if status == "ok" and rc:
         status = f"failed (exit {rc})"
