@@ -71,6 +71,19 @@ def linearized(operator: Callable[[Tensor], Tensor], x: Tensor
     return a.detach(), forward, adjoint
 
 
+def _guarded_step(ok: Tensor, step: Tensor, res: Tensor, mp: Tensor, jp: Tensor, correction: Tensor,
+                  bound: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One solver step ``u += step·p`` per batch element (``[B]`` ``ok`` and ``step``; ``mp = M p``,
+    ``jp = J Aᵀ p``), taken only where ``ok`` and where the new residual's squared norm is at most ``bound``.
+    Returns ``(ok, correction + step·jp, residual, the new residual's squared norm)``."""
+    new_res = res - _per(step, mp) * mp
+    rr_new = _dot(new_res, new_res)
+    ok = ok & (rr_new <= bound)
+    step = torch.where(ok, step, torch.zeros_like(step))
+    correction = correction + torch.where(_per(ok, jp), _per(step, jp) * jp, torch.zeros_like(jp))
+    return ok, correction, torch.where(_per(ok, res), new_res, res), rr_new
+
+
 def posterior_update(x_hat: Tensor, jacobian_product: Callable[[Tensor], Tensor], operator: Callable[[Tensor], Tensor],
                      y: Tensor, iterations: int) -> tuple[Tensor, int]:
     """``(x̃, products used)``: ``x̃ = x̂ + J Aᵀ u`` with ``(A J Aᵀ) u = r = y − A(x̂)`` solved by at most
@@ -102,12 +115,7 @@ def posterior_update(x_hat: Tensor, jacobian_product: Callable[[Tensor], Tensor]
         curv = _dot(p, mp)
         ok = active & torch.isfinite(curv) & (curv > 0) & torch.isfinite(jq).flatten(1).all(1)
         step = torch.where(ok, rr / torch.where(ok, curv, torch.ones_like(curv)), torch.zeros_like(curv))
-        new_res = res - _per(step, mp) * mp
-        rr_new = _dot(new_res, new_res)
-        ok = ok & (rr_new <= rr0)
-        step = torch.where(ok, step, torch.zeros_like(step))
-        correction = correction + torch.where(_per(ok, jq), _per(step, jq) * jq, torch.zeros_like(jq))
-        res = torch.where(_per(ok, res), new_res, res)
+        ok, correction, res, rr_new = _guarded_step(ok, step, res, mp, jq, correction, rr0)
         beta = torch.where(ok, rr_new / torch.where(ok, rr, torch.ones_like(rr)), torch.zeros_like(rr))
         p = res + _per(beta, p) * p
         rr = torch.where(ok, rr_new, rr)
@@ -140,12 +148,7 @@ def consistent_update(x_hat: Tensor, operator: Callable[[Tensor], Tensor], y: Te
         mpmp = _dot(mp, mp)
         ok = active & torch.isfinite(rmr) & (rmr > 0) & (mpmp > 0)
         step = torch.where(ok, rmr / torch.where(ok, mpmp, torch.ones_like(mpmp)), torch.zeros_like(mpmp))
-        new_res = res - _per(step, mp) * mp
-        rr_new = _dot(new_res, new_res)
-        ok = ok & (rr_new <= rr)
-        step = torch.where(ok, step, torch.zeros_like(step))
-        correction = correction + torch.where(_per(ok, jp), _per(step, jp) * jp, torch.zeros_like(jp))
-        res = torch.where(_per(ok, res), new_res, res)
+        ok, correction, res, rr_new = _guarded_step(ok, step, res, mp, jp, correction, rr)
         rr = torch.where(ok, rr_new, rr)
         active = ok & (rr > solved)
         if used == iterations or not bool(active.any()):
