@@ -20,7 +20,8 @@ from vdm_core import checkpoint
 from vdm_app.batch import run_workflow
 from vdm_core.sampling import sample
 from vdm_core.schedule import sampling_angles
-from vdm_core.video_io import read_video, write_video
+from vdm_core.video_io import read_video
+from vdm_core.video_write import write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ("extend", "interpolate", "upscale")

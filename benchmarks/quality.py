@@ -15,7 +15,7 @@ weight; then a summary of every method against its baseline. Diffusion outputs a
 averages over all samples, "best-of-S" takes the best sample per clip (max PSNR / min error).
 Sampling is batched straight through ``sampling.sample`` (``run_method``) with the same observations
 and methods the jobs in ``vdm_core.tasks`` use (one window per clip, so no windowing is involved). Without
-``--weights`` each job uses ``tasks.default_guidance_weight`` (16; ``4·s²`` for upscaling by ``s``).
+``--weights`` each job uses ``settings.auto_guidance_weight`` (16; ``4·s²`` for upscaling by ``s``).
 
     python benchmarks/quality.py --clips 64 --samples 4 --steps 16 --methods both --out docs/benchmarks.md
 """
@@ -37,8 +37,8 @@ from vdm_core import checkpoint, guidance
 from vdm_core.data import sprite_batch, split_seed
 from vdm_core.metrics import object_errors, psnr, sprite_errors, ssim
 from vdm_core.sampling import sample
+from vdm_core.settings import DEFAULT_ITERATIONS, METHODS, SamplerSettings, auto_guidance_weight
 from vdm_core.schedule import sampling_angles
-from vdm_core.tasks import default_guidance_weight
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from independent_scenes import independent_set  # noqa: E402  (benchmarks/ is not a package)
@@ -123,8 +123,9 @@ def score(pred, ts: TestSet, obs, frames):
             "ghost": torch.tensor(gh, dtype=torch.float64), "obs": err}
 
 
-def run_method(model, x, job, method, weight, samples, steps, chunk):
-    """``samples`` samples per clip of job ``job`` on true clips ``x``, returns ``[S, N, C, F, H, W]``."""
+def run_method(model, x, job, method, weight, samples, steps, chunk, iterations=DEFAULT_ITERATIONS):
+    """``samples`` samples per clip of job ``job`` on true clips ``x``, returns ``[S, N, C, F, H, W]``
+    (``iterations``: of methods posterior and consistency)."""
     n = x.shape[0]
     out = []
     for s in range(samples):
@@ -133,8 +134,9 @@ def run_method(model, x, job, method, weight, samples, steps, chunk):
         parts = []
         for i in range(0, n, chunk):
             obs = make_job(job, x[i:i + chunk])[0]
-            parts.append(sample(model, noise[i:i + chunk].to(model.device), sampling_angles(steps), observation=obs,
-                                method=method, guidance_weight=weight, generator=gen).cpu().clamp(-1, 1))  # as jobs return
+            settings = SamplerSettings(method=method, guidance_weight=weight, iterations=iterations)
+            parts.append(sample(model, noise[i:i + chunk].to(model.device), sampling_angles(steps), settings,
+                                observation=obs, generator=gen).cpu().clamp(-1, 1))  # as jobs return
         out.append(torch.cat(parts))
     return torch.stack(out)
 
@@ -164,9 +166,12 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS)
-    ap.add_argument("--methods", nargs="+", default=["reconstruction", "replacement", "both"])
+    ap.add_argument("--methods", nargs="+", default=["reconstruction", "replacement", "both", "posterior"],
+                    choices=METHODS)
+    ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
+                    help="CG iterations of methods posterior and consistency")
     ap.add_argument("--weights", type=float, nargs="+", default=None,
-                    help="w_r grid (default: tasks.default_guidance_weight of each job)")
+                    help="w_r grid (default: settings.auto_guidance_weight of each job)")
     ap.add_argument("--chunk", type=int, default=32, help="clips per sampling batch")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", help="also write the tables to this Markdown file")
@@ -181,7 +186,8 @@ def main(argv=None):
              f"Model: {args.model or 'bundled'} ({cfg.frames} frames × {cfg.resolution}², "
              f"{model.training_info.get('steps')} training steps, data: {model.training_info.get('data')}). "
              f"Test sets: " + "; ".join(f"{ts.name}: {ts.description}" for ts in sets) + ". "
-             f"Samples per clip: {args.samples}, DDIM η = 0, {args.steps} steps. "
+             f"Samples per clip: {args.samples}, DDIM η = 0, {args.steps} steps; methods posterior and consistency: "
+             f"{args.iterations} CG iterations. "
              f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads.", ""]
     print("\n".join(lines), flush=True)
     summary = ["### summary: each method against the job's baseline", "",
@@ -199,15 +205,16 @@ def main(argv=None):
             base[ts.name] = summarize([score(pred, ts, obs, frames)])[0]
             rows.append(row(base_name, "–", ts.name, base[ts.name]))
         print("\n".join(rows), flush=True)
-        weights = args.weights or [default_guidance_weight(job_factor(job))]
+        weights = args.weights or [auto_guidance_weight(job_factor(job))]
         for method in args.methods:
             if method == "replacement" and job_factor(job) > 1:
                 continue  # replacement needs a frame selection
-            for w in (weights if method != "replacement" else [0.0]):
+            for w in (weights if method in ("reconstruction", "both") else [0.0]):  # the others use no w_r
                 for ts in sets:
                     obs, frames, _, _ = jobs[ts.name]
                     t0 = time.time()
-                    xs = run_method(model, ts.x, job, method, w, args.samples, args.steps, args.chunk)
+                    xs = run_method(model, ts.x, job, method, w, args.samples, args.steps, args.chunk,
+                                    args.iterations)
                     dt = time.time() - t0
                     mean, best = summarize([score(xs[s], ts, obs, frames) for s in range(args.samples)])
                     rows.append(row(method, f"{w:g}", ts.name, mean, best, dt))

@@ -9,8 +9,8 @@ decoding or compute bounds a run.
 
 Each training run is a fresh process (``N > 1``: ``torchrun --standalone --nproc-per-node N``) that trains for
 ``--steps`` steps of the global ``--batch`` on ``--data`` (default: procedural sprites) and reports each step;
-the table gives the median time between steps after ``--skip`` warm-up steps, and clips/s = batch / that
-time. With ``--threads T`` each process uses T CPU threads (on a machine shared with other jobs the times are
+the table gives the median time between steps after ``--skip`` warm-up steps, clips/s = batch / that
+time and, on a GPU, rank 0's ``torch.cuda.max_memory_allocated`` over the run. With ``--threads T`` each process uses T CPU threads (on a machine shared with other jobs the times are
 upper bounds). The loader part writes ``--loader-clips`` clips of 48 frames at ``--loader-size`` pixels
 (default 4x the training size; moving sprites, mp4) unless ``--clips`` names a folder of your footage, and
 times a DataLoader of ``ClipFolder`` windows for each worker count.
@@ -40,7 +40,7 @@ from vdm_core.distributed import BatchPositions
 from vdm_core.footage import ClipFolder
 from vdm_core.train import TrainConfig, train
 from vdm_core.unet3d import UNet3D, UNet3DConfig
-from vdm_core.video_io import write_video
+from vdm_core.video_write import write_video
 
 
 def config(args, out: str) -> TrainConfig:
@@ -52,17 +52,21 @@ def config(args, out: str) -> TrainConfig:
 
 
 def worker(spec: str) -> None:
-    """One process of a timed run (started by ``time_training``): train, then rank 0 prints the step times."""
+    """One process of a timed run (started by ``time_training``): train, then rank 0 prints the step times
+    and, on a GPU, ``torch.cuda.max_memory_allocated`` of the whole run (MiB)."""
     d = json.loads(spec)
     cfg = TrainConfig(**{**d, "model": UNet3DConfig(**d["model"])})
     stamps = []
     train(cfg, log=lambda line: stamps.append(time.perf_counter()) if line.startswith("step ") else None)
     if int(os.environ.get("RANK", 0)) == 0:
-        print("RESULT " + json.dumps([b - a for a, b in zip(stamps, stamps[1:])]), flush=True)
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_initialized() else None
+        print("RESULT " + json.dumps({"step_s": [b - a for a, b in zip(stamps, stamps[1:])], "peak_mb": peak}),
+              flush=True)
 
 
-def time_training(args, procs: int, tmp: Path) -> list[float]:
-    """Seconds between consecutive steps of a run in ``procs`` fresh processes."""
+def time_training(args, procs: int, tmp: Path) -> dict:
+    """``{"step_s": seconds between consecutive steps, "peak_mb": rank 0's peak GPU memory or None}`` of a run
+    in ``procs`` fresh processes."""
     cfg = config(args, str(tmp / f"bench{procs}.safetensors"))
     spec = json.dumps({**asdict(cfg), "model": asdict(cfg.model)})
     launcher = [sys.executable] if procs == 1 else [
@@ -139,6 +143,8 @@ def main(argv=None) -> None:
                    "none: no loader part)")
     p.add_argument("--loader-batches", type=int, default=20, help="batches timed per worker count (default: 20)")
     p.add_argument("--stride", type=int, default=1, help="frame stride of the loader's windows (default: 1)")
+    p.add_argument("--json", action="store_true", help="also print each training run as a line RESULT {json} "
+                   "(benchmarks/gpu_run.py reads them)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -154,12 +160,21 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.procs:
-            print(f"\n{'processes':>9}  {'step s (median)':>15}  {'min':>6}  {'clips/s':>8}")
+            print(f"\n{'processes':>9}  {'step s (median)':>15}  {'min':>6}  {'clips/s':>8}  {'peak MiB':>8}")
         for procs in args.procs:
-            times = time_training(args, procs, tmp)[args.skip:]
+            run = time_training(args, procs, tmp)
+            times = run["step_s"][args.skip:]
             step = statistics.median(times)
             rates[procs] = args.batch / step
-            print(f"{procs:>9}  {step:>15.3f}  {min(times):>6.3f}  {rates[procs]:>8.1f}", flush=True)
+            peak = "–" if run["peak_mb"] is None else f"{run['peak_mb']:.0f}"
+            print(f"{procs:>9}  {step:>15.3f}  {min(times):>6.3f}  {rates[procs]:>8.1f}  {peak:>8}", flush=True)
+            if args.json:
+                print("RESULT " + json.dumps({
+                    "kind": "train", "processes": procs, "device": args.device, "precision": args.precision,
+                    "compiled": args.compile, "data": args.data, "size": args.size, "frames": args.frames,
+                    "base_width": args.base_width, "width_mults": args.width_mults, "params_m": params,
+                    "batch": args.batch, "steps": args.steps, "skipped": args.skip, "step_s_median": step,
+                    "step_s_min": min(times), "clips_per_s": rates[procs], "peak_mb": run["peak_mb"]}), flush=True)
         if args.loader_workers:
             if args.threads:
                 torch.set_num_threads(args.threads)  # the loader's main process, like a training process

@@ -1,6 +1,6 @@
 """Use ComfyUI Model: a MODEL loaded by ComfyUI (+ its VAE, conditioning, cfg) as a VDM_MODEL.
 
-The result is a ``vdm_app.jobs.VDMModel`` whose network is an ``external.SigmaModel`` (vdm_core/external.py):
+The result is a ``vdm_app.models.VDMModel`` whose network is an ``external.SigmaModel`` (vdm_core/external.py):
 the pack's samplers and jobs drive it like their own models, in the MODEL's latent space, with its own
 noise schedule. From the MODEL (ComfyUI: comfy/model_patcher.py, comfy/model_sampling.py, comfy/samplers.py):
 
@@ -20,9 +20,9 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..vdm_app import jobs, spec
+from ..vdm_app import models, node_functions
 from ..vdm_core import external
-from .common import schema
+from .common import run, schema
 from .comfy_session import ComfySession, block_modules
 from .comfy_space import vae_space
 
@@ -98,7 +98,7 @@ def memory_estimate(patcher, vae, cfg: float, checkpointing: bool):
 
 
 def from_comfy_model(model, vae=None, positive=None, negative=None, *, cfg: float = 1.0,
-                     checkpointing: bool = False) -> jobs.VDMModel:
+                     checkpointing: bool = False) -> tuple[models.VDMModel]:
     """The VDM_MODEL of a ComfyUI MODEL (a ModelPatcher) and optionally its VAE and conditionings."""
     base = model.model
     ms = model.get_model_object("model_sampling")
@@ -120,8 +120,10 @@ def from_comfy_model(model, vae=None, positive=None, negative=None, *, cfg: floa
                                       space=space, frames=frames, resolution=None, device=model.load_device)
     except ValueError as e:
         raise ValueError(f"Use ComfyUI Model: {type(base).__name__}: {e}") from None
-    session.target = network
-    return jobs.VDMModel(network=network, name=type(base).__name__, handle=model)
+    return (models.VDMModel(network=network, name=type(base).__name__, handle=model),)
+
+
+node_functions.register(NODE_ID, from_comfy_model)
 
 
 class VDMFromComfyModel(io.ComfyNode):
@@ -133,9 +135,4 @@ class VDMFromComfyModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:
-        try:
-            values = spec.check_inputs(NODE_ID, inputs)
-        except ValueError as e:
-            raise ValueError(str(e)) from None
-        return io.NodeOutput(from_comfy_model(values["model"], values["vae"], values["positive"], values["negative"],
-                                              cfg=values["cfg"], checkpointing=values["checkpointing"]))
+        return run(NODE_ID, inputs)

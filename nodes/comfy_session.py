@@ -45,6 +45,8 @@ import comfy.samplers
 import torch
 import torch.utils.checkpoint
 
+from ..vdm_app.autograd_weights import autograd_safe, unusable_for_autograd
+
 BLOCK_LISTS = ("blocks", "transformer_blocks", "double_blocks", "single_blocks", "joint_blocks")
 """Names of the ModuleLists of transformer blocks in ComfyUI's video models (comfy/ldm/wan/model.py
 ``blocks``, comfy/ldm/lightricks/model.py ``transformer_blocks``, comfy/ldm/hunyuan_video/model.py
@@ -56,38 +58,6 @@ place (comfy/ldm/lightricks/model.py: ``x += …``, ``addcmul_`` on tensors auto
 
 
 # ---------------------------------------------------------------------------------------------- tensors
-
-
-def unusable_for_autograd(t: torch.Tensor) -> bool:
-    """An inference tensor, or a "zombie": a tensor made in inference mode whose ``.data`` was set outside
-    it (``p.data = …``, ``module.to()``): ``is_inference()`` is False but it has no version counter, and
-    backward fails with "Inference tensors do not track version counter"."""
-    if t.is_inference():
-        return True
-    try:
-        t._version
-    except RuntimeError:
-        return True
-    return False
-
-
-@torch.inference_mode(False)
-def autograd_safe(module: torch.nn.Module | None) -> int:
-    """Replace every parameter and buffer of ``module`` that autograd cannot use (:func:`unusable_for_autograd`)
-    by a normal clone in its module's ``_parameters`` / ``_buffers``, one at a time; returns how many."""
-    if module is None:
-        return 0
-    n = 0
-    for m in module.modules():
-        for key, p in list(m._parameters.items()):
-            if p is not None and unusable_for_autograd(p):
-                m._parameters[key] = torch.nn.Parameter(p.clone(), requires_grad=False)
-                n += 1
-        for key, b in list(m._buffers.items()):
-            if b is not None and unusable_for_autograd(b):
-                m._buffers[key] = b.clone()
-                n += 1
-    return n
 
 
 @torch.inference_mode(False)
@@ -169,7 +139,8 @@ def checkpointed_blocks(diffusion_model: torch.nn.Module, enabled: bool = True, 
 def functionalized(diffusion_model: torch.nn.Module, enabled: bool = True):
     """The whole forward of ``diffusion_model`` through ``torch.func.functionalize`` (in-place updates become
     out-of-place, so tensors autograd saved stay intact). Per-block functionalize is not enough: the
-    mutation of a block's input is copied back (REPORT §4). Restored on exit."""
+    mutation of a block's input is copied back (measured with LTX-Video by tests/harness/direct_loop.py).
+    Restored on exit."""
     if not enabled or "forward" in diffusion_model.__dict__:
         yield False
         return
@@ -221,38 +192,36 @@ class LoopSampler(comfy.samplers.Sampler):
 
 
 class ComfySession:
-    """``session(fn, shape)`` of an ``external.SigmaModel`` driving a ComfyUI MODEL: ``fn`` samples a window of
-    latents ``shape`` down the SigmaModel's last grid, whose noise levels (``session_sigmas()``) ComfyUI gets.
+    """The ``external.Session`` of an ``external.SigmaModel`` driving a ComfyUI MODEL: ``session(window, shape,
+    sigmas)`` samples one window of latents ``shape`` inside ``CFGGuider.sample`` at the noise levels ``sigmas``
+    (the window's grid, ending in 0), calling ``window(denoise)`` with ComfyUI's denoiser.
 
     ``patcher``: the MODEL (its patches apply); ``positive``/``negative``: conditionings (ComfyUI's
     CONDITIONING lists, never empty: an empty list runs without calling the model and returns x̂0 = 0);
     ``cfg``: classifier-free guidance scale (1: the negative is never evaluated); ``vae``: a ``comfy.sd.VAE``
     to load and ready with the model, or None; ``checkpointing``: per-block activation checkpointing;
-    ``memory(shape)``: bytes to reserve beside the weights. ``target`` is the SigmaModel (set after it is
-    built: it needs this session)."""
+    ``memory(shape)``: bytes to reserve beside the weights. ``active`` is True while a window samples."""
 
     def __init__(self, patcher, positive, negative, cfg: float, *, vae=None, checkpointing: bool = False,
                  memory: Callable[[tuple], int] | None = None):
         self.patcher, self.positive, self.negative, self.cfg = patcher, positive, negative, float(cfg)
         self.vae, self.checkpointing, self.memory = vae, bool(checkpointing), memory
-        self.target = None
         self.functionalize = bool({c.__name__ for c in type(patcher.model).__mro__} & set(INPLACE_MODELS))
         self.active = False
         self.stats = {"sessions": 0, "cloned": 0, "cloned_conds": 0}
 
-    def __call__(self, fn: Callable[[], torch.Tensor], shape: tuple) -> torch.Tensor:
-        sigmas = self.target.session_sigmas()  # the grid of the window's loop (its last angles() call)
+    def __call__(self, window: Callable, shape: tuple, sigmas: list[float]) -> torch.Tensor:
         try:
-            return self._sample(fn, shape, sigmas)
+            return self._sample(window, shape, sigmas)
         except RuntimeError as e:
             if INPLACE_ERROR not in str(e) or self.functionalize:
                 raise
             logging.info("comfyui-vdm: %s updates tensors in place that the guidance gradient needs; sampling "
                          "the window again with its forward functionalized", type(self.patcher.model).__name__)
             self.functionalize = True
-            return self._sample(fn, shape, sigmas)
+            return self._sample(window, shape, sigmas)
 
-    def _sample(self, fn, shape, sigmas) -> torch.Tensor:
+    def _sample(self, window, shape, sigmas) -> torch.Tensor:
         result = {}
 
         def loop(denoise, model_wrap):
@@ -265,17 +234,15 @@ class ComfySession:
                 if self.vae is not None:
                     self.stats["cloned"] += autograd_safe(self.vae.first_stage_model)
                 self.stats["cloned_conds"] += autograd_safe_conds(model_wrap.conds)
-                self.target.denoise = denoise
                 self.active = True
                 dm = base.diffusion_model
                 per_block = self.checkpointing and bool(block_modules(dm))
                 try:
                     with training_flag(), functionalized(dm, self.functionalize and not per_block), \
                             checkpointed_blocks(dm, per_block, functional=self.functionalize):
-                        result["x"] = fn()
+                        result["x"] = window(denoise)
                 finally:
                     self.active = False
-                    self.target.denoise = None
             out = result["x"]  # what ComfyUI gets (it applies process_latent_out); ours is returned below
             return out.detach().clone() if torch.is_tensor(out) and tuple(out.shape) == tuple(shape) else \
                 torch.zeros(shape, device=model_wrap.model_patcher.load_device)

@@ -25,11 +25,15 @@ diffusionmodules/model.py ``VideoConv3d``: causal by construction, not measured 
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
+
 import comfy.model_management as mm
 import torch
+import torch.utils.checkpoint
 
 from ..vdm_core import external
-from .comfy_session import autograd_safe
+from ..vdm_app.autograd_weights import autograd_safe
 
 CAUSAL_VAES = {"WanVAE", "VideoVAE"}
 """``first_stage_model`` classes with a causal encoder: Wan 2.1/2.2 (``WanVAE``) and LTX-Video (``VideoVAE``)."""
@@ -64,6 +68,81 @@ def latent_out_affine(base_model, channels: int, ndim: int = 5, device="cpu") ->
     return a, b
 
 
+def _chunk_calls(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is called with a causal cache (Wan 2.1/2.2's ``Decoder3d``, once per chunk of latent
+    frames, and its blocks: ``forward(x, feat_cache=list, feat_idx=[i])``, comfy/ldm/wan/vae.py)."""
+    return "feat_cache" in inspect.signature(module.forward).parameters
+
+
+def _checkpointed_call(original, store: torch.device | None = None, inner: tuple = ()):
+    """``original(x, feat_cache, feat_idx)`` (a call that reads and replaces entries of a causal cache) recomputed
+    in the backward pass, exactly: the cache enters the checkpointed call as inputs and leaves as outputs, so a
+    recompute sees the cache its own call saw and gradients flow through it to earlier calls. With ``store``,
+    the cache a call was given is kept there until the backward pass (copied back for the recompute; the copies
+    are differentiable, so the gradient is the same). ``inner``: modules whose calls are checkpointed the same
+    way while ``original`` runs — installed by the checkpointed call itself, so its recompute (in the backward
+    pass, after the caller's ``with checkpointed_chunks`` may have ended) runs the same wrapped blocks and saves
+    the same tensors as the forward did."""
+
+    def forward(x, feat_cache=None, feat_idx=None, **kw):
+        if feat_cache is None or not torch.is_grad_enabled():
+            return original(x, feat_cache=feat_cache, feat_idx=[0] if feat_idx is None else feat_idx, **kw)
+        start, device = 0 if feat_idx is None else feat_idx[0], x.device
+
+        def call(x, *cache):
+            cache = [c.to(device) if store is not None and isinstance(c, torch.Tensor) else c for c in cache]
+            idx = [start]
+            with _each_checkpointed(inner):
+                out = original(x, feat_cache=cache, feat_idx=idx, **kw)
+            return out, cache, idx[0]
+
+        given = [c.to(store) if store is not None and isinstance(c, torch.Tensor) else c for c in feat_cache]
+        out, cache, used = torch.utils.checkpoint.checkpoint(call, x, *given, use_reentrant=False)
+        feat_cache[:] = cache
+        if feat_idx is not None:
+            feat_idx[0] = used
+        return out
+
+    return forward
+
+
+@contextlib.contextmanager
+def checkpointed_chunks(first_stage_model: torch.nn.Module, store: torch.device | None = None):
+    """Each chunk call of a causal video decoder recomputed in the backward pass (activation checkpointing), and
+    inside it each block that takes the cache (Wan's residual, attention and resampling blocks), exactly: every
+    cache (``feat_cache``, the last frames of every causal convolution's input) enters a checkpointed call as an
+    input and leaves as an output (``_checkpointed_call``). A pixel observation's gradient then holds the caches,
+    the chunks' inputs and the block inputs of one chunk, and recomputes one block at a time, instead of every
+    frame's activations (tests/harness/bench_decoder.py). With ``store`` (the host's memory, when the decoder runs
+    on an accelerator) each chunk's cache waits there for the backward pass, and the accelerator holds one chunk's
+    cache at a time: at 33×480×832 the caches are most of what grows with the frames. Decoders without chunk
+    calls (LTX-Video) are left alone. Restored on exit."""
+    decoder = getattr(first_stage_model, "decoder", None)
+    if decoder is None or "forward" in decoder.__dict__ or not _chunk_calls(decoder):
+        yield False
+        return
+    blocks = [m for name in ("middle", "upsamples") for m in getattr(decoder, name, ())
+              if "forward" not in m.__dict__ and _chunk_calls(m)]
+    decoder.forward = _checkpointed_call(decoder.forward, store, tuple(blocks))
+    try:
+        yield True
+    finally:
+        del decoder.forward
+
+
+@contextlib.contextmanager
+def _each_checkpointed(modules: tuple):
+    """Each of ``modules`` called through ``_checkpointed_call`` inside the block (instance attributes, removed on
+    exit): a chunk call's blocks, during that call and during its recompute."""
+    for module in modules:
+        module.forward = _checkpointed_call(module.forward)
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward
+
+
 def vae_space(vae, base_model, session, *, native_latents: int | None = None) -> external.LatentSpace:
     """The ``LatentSpace`` of ``vae`` for the MODEL whose ``comfy.model_base`` object is ``base_model``.
     ``session`` is the ``ComfySession`` (``decode_final`` and ``encode`` refuse to run inside it: they load
@@ -90,7 +169,10 @@ def vae_space(vae, base_model, session, *, native_latents: int | None = None) ->
             mm.load_models_gpu([vae.patcher], memory_required=int(3 * vae.memory_used_decode(x.shape, vae.vae_dtype)))
             autograd_safe(vae.first_stage_model)
         raw = un_normalise(x).to(device=vae.device, dtype=vae.vae_dtype)
-        return vae.first_stage_model.decode(raw).to(device=x.device, dtype=torch.float32)
+        store = torch.device("cpu") if raw.device.type != "cpu" else None
+        with checkpointed_chunks(vae.first_stage_model, store):
+            images = vae.first_stage_model.decode(raw)
+        return images.to(device=x.device, dtype=torch.float32)
 
     def decode_final(x: torch.Tensor) -> torch.Tensor:
         outside("decode_final")

@@ -1,4 +1,4 @@
-"""What every VDM node shares: V3 schemas built from the node spec, and ComfyUI's services as job hooks."""
+"""What every VDM node shares: V3 schemas built from the node spec, and ComfyUI's services as node-function hooks."""
 from __future__ import annotations
 
 import comfy.model_management as mm
@@ -7,7 +7,7 @@ import torch
 from comfy.cli_args import args
 from comfy_api.latest import io
 
-from ..vdm_app import jobs, spec
+from ..vdm_app import clips, models, node_functions, spec
 
 CUSTOM = {"VDM_MODEL": io.Custom("VDM_MODEL"), "VDM_JOB": io.Custom("VDM_JOB")}
 SOCKETS = {"IMAGE": io.Image, "AUDIO": io.Audio, "MODEL": io.Model, "VAE": io.Vae, "CONDITIONING": io.Conditioning,
@@ -41,10 +41,10 @@ def schema(node_id: str, options: dict[str, list[str]] | None = None) -> io.Sche
 
 
 def run(node_id: str, inputs: dict, **hooks) -> io.NodeOutput:
-    """``jobs.run_node`` of the node; its errors reach the artist as ``ValueError: <node>: <what to change>``
+    """``node_functions.run_node`` of the node; its errors reach the artist as ``ValueError: <node>: <what to change>``
     (not under the pack's module path)."""
     try:
-        return io.NodeOutput(*jobs.run_node(node_id, inputs, **hooks))
+        return io.NodeOutput(*node_functions.run_node(node_id, inputs, **hooks))
     except ValueError as e:
         if type(e) is ValueError:
             raise
@@ -66,8 +66,8 @@ class SpecNode(io.ComfyNode):
 
 
 def progress_hook():
-    """``progress(done, total, preview)`` for the job functions: a ComfyUI ProgressBar with a JPEG frame
-    strip of the current x̂; every call is a cancel point."""
+    """``progress(done, total, preview)`` for the node functions: a ComfyUI ProgressBar over the job's steps
+    (moving within a tiled step) with a JPEG frame strip of the current x̂; every call is a cancel point."""
     bar = None
 
     def progress(done: int, total: int, preview: torch.Tensor | None) -> None:
@@ -75,13 +75,13 @@ def progress_hook():
         mm.throw_exception_if_processing_interrupted()
         if bar is None:
             bar = comfy.utils.ProgressBar(total)
-        picture = None if preview is None else ("JPEG", jobs.preview_strip(preview), args.preview_size)
+        picture = None if preview is None else ("JPEG", clips.preview_strip(preview), args.preview_size)
         bar.update_absolute(done, total, picture)
 
     return progress
 
 
-def load_to_device(model: jobs.VDMModel, memory_required: int) -> torch.nn.Module:
+def load_to_device(model: models.VDMModel, memory_required: int) -> torch.nn.Module:
     """Put the network on ComfyUI's torch device through its model manager (one load_models_gpu call).
     Whole model: its layers are plain torch layers, which ComfyUI cannot load partially."""
     mm.load_models_gpu([model.handle], memory_required=memory_required, force_full_load=True)

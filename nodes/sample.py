@@ -1,7 +1,6 @@
 """Sample DDIM-v: runs a VDM job (or makes an unconditional clip) with the guided DDIM sampler."""
 from __future__ import annotations
 
-import comfy.model_management as mm
 from comfy_api.latest import io
 
 from .common import SpecNode, load_to_device, oom_errors, progress_hook, run
@@ -13,4 +12,4 @@ class VDMSampleDDIMv(SpecNode):
     @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:
         return run(cls.NODE_ID, inputs, progress=progress_hook(), load_model_to_device=load_to_device,
-                   check_interrupt=mm.throw_exception_if_processing_interrupted, oom_errors=oom_errors())
+                   oom_errors=oom_errors())

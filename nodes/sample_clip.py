@@ -6,7 +6,7 @@ import os
 
 import folder_paths
 
-from ..vdm_app import jobs
+from ..vdm_app import clips, node_functions
 
 NAME = "vdm_sprites.mp4"
 """What workflows/extend_video.json's Load Video reads."""
@@ -20,8 +20,8 @@ def put_sample_clip() -> None:
     if os.path.exists(path):
         return
     try:
-        images, fps = jobs.sprite_clip(seed=0, size=16, length=16, fps=8.0)
-        jobs.write_clip(path, images, fps)
+        images, fps = node_functions.sprite_clip(seed=0, size=16, length=16, fps=8.0)
+        clips.write_clip(path, images, fps)
     except OSError as e:
         logging.warning("comfyui-vdm: could not write the example clip %s (%s); the extend_video example needs a "
                         "clip of that name in ComfyUI's input folder", path, e)

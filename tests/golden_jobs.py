@@ -43,7 +43,7 @@ def cases() -> dict:
         "upscale4_tiles": lambda m: tasks.upscale(m, _small(_clip(11, size=32, frames=8), 4), 4, steps=3,
                                                   window=8, seed=10),
         "interpolate2_upscale2": lambda m: tasks.run(
-            m, tasks.Job(_small(_clip(12, frames=5), 2), multiplier=2, factor=2), steps=4, seed=11),
+            m, tasks.Job(_small(_clip(12, frames=5), 2), multiplier=2, factor=2), tasks.SamplerSettings(steps=4, seed=11)),
     }
 
 

@@ -1,5 +1,68 @@
-"""What the exact-Gaussian oracle tests measure (tests/test_guidance.py, tests/test_external.py)."""
+"""Exact Gaussian oracles, other models' coordinates to wrap them in, and what the oracle tests measure
+(tests/test_guidance.py, tests/test_external.py, tests/test_posterior.py)."""
+import math
+
 import torch
+
+D = torch.float64
+
+
+class CorrelatedGaussian:
+    """Exact v̂ for data x ~ N(0, Σ) over frames, Σ_ij = std²·ρ^|i−j| (a stationary AR(1) series), every
+    (channel, pixel) independent.
+
+    E[x|z] = α Σ (α² Σ + σ² I)⁻¹ z, computed in Σ's eigenbasis; v̂ = (α z − E[x|z])/σ. Differentiable.
+    """
+
+    def __init__(self, frames, rho, std=1.0):
+        i = torch.arange(frames, dtype=D)
+        self.cov = std * std * rho ** (i[:, None] - i[None, :]).abs()
+        lam, u = torch.linalg.eigh(self.cov)
+        self.lam, self.u = lam.float(), u.float()
+
+    def __call__(self, z, phi):
+        p = phi.to(z.dtype).reshape(-1, 1, 1, 1, 1)
+        a, s = torch.cos(p), torch.sin(p)
+        zf = z.movedim(2, -1)  # frames last
+        x = ((zf @ self.u) * (a * self.lam / (a * a * self.lam + s * s))) @ self.u.T
+        return ((a * zf - x) / s).movedim(-1, 2)
+
+    def mean(self, z, phi):
+        """E[x | z] at the angle ``phi`` (a float)."""
+        return math.cos(phi) * z - math.sin(phi) * self(z, torch.full((z.shape[0],), phi))
+
+    def draw(self, b, h, w, seed, channels=1):
+        """Clips [b, channels, F, h, w] from the prior."""
+        f = self.cov.shape[0]
+        e = torch.randn(b, channels, h, w, f, generator=torch.Generator().manual_seed(seed), dtype=D)
+        return (e @ torch.linalg.cholesky(self.cov).T).float().permute(0, 1, 4, 2, 3)
+
+
+def flow(shift=3.0):
+    """A flow model's coordinates x = (1 − σ)·x0 + σ·ε and its shifted 'simple' grid (ComfyUI:
+    comfy/model_sampling.py)."""
+    def sigmas(steps):
+        t = torch.linspace(1, 0, steps + 1, dtype=D)
+        return (shift * t / (1 + (shift - 1) * t)).tolist()
+    return dict(scaling=lambda s: (1 - s, s), sigma_min=shift * 1e-3 / (1 + (shift - 1) * 1e-3), sigma_max=1.0,
+                sigmas=sigmas)
+
+
+def ve():
+    """A variance-exploding model's coordinates x = x0 + σ·ε and a log-uniform grid."""
+    def sigmas(steps):
+        return torch.logspace(math.log10(80), math.log10(0.002), steps).tolist() + [0.0]
+    return dict(scaling=lambda s: (1.0, s), sigma_min=0.002, sigma_max=80.0, sigmas=sigmas)
+
+
+def denoiser_of(prior, kind):
+    """The prior's exact x̂0 in the model's own coordinates: x → z = x/√(a²+b²) at φ = atan2(b, a)."""
+    scaling = kind["scaling"]
+
+    def denoise(x, sigma):
+        a, b = scaling(float(sigma[0]))
+        return prior.mean(x / math.hypot(a, b), math.atan2(b, a))
+    return denoise
 
 
 def regression_error(out, y, unknown, known, cov):
@@ -11,3 +74,25 @@ def regression_error(out, y, unknown, known, cov):
     k_hat = torch.linalg.lstsq(ya, xb).solution.T
     k = cov[unknown][:, known] @ torch.linalg.inv(cov[known][:, known])
     return torch.linalg.norm(k_hat - k).item()
+
+
+def gaussian_conditional(cov, known):
+    """(K, var): E[x^b | x^a] = K x^a and the variances diag(Cov[x^b | x^a]) of the frames not in ``known``
+    (a: ``known``, b: the others, in order) for frames x ~ N(0, cov)."""
+    f = cov.shape[0]
+    unknown = [i for i in range(f) if i not in known]
+    k = cov[unknown][:, known] @ torch.linalg.inv(cov[known][:, known])
+    return k, torch.diag(cov[unknown][:, unknown] - k @ cov[known][:, unknown])
+
+
+def frame_fit(out, mean, var):
+    """Per frame j of ``out`` ([B, C, F', H, W], samples of x^b): the regression slope of ``out[:, :, j]`` on the
+    exact conditional mean ``mean[:, :, j]`` (1 when the sampler's conditional mean is right), and the variance
+    ratio E[(out − mean)²]/var[j] (1 when its spread is right). Returns two lists of F' floats."""
+    slopes, ratios = [], []
+    for j in range(out.shape[2]):
+        o, m = out[:, :, j].double().flatten(), mean[:, :, j].double().flatten()
+        mc = m - m.mean()
+        slopes.append(float(((o - o.mean()) * mc).sum() / (mc * mc).sum()))
+        ratios.append(float((o - m).pow(2).mean() / var[j]))
+    return slopes, ratios

@@ -150,6 +150,71 @@ def test_inference_only_file_refuses_to_resume(saved, random_unet):
         checkpoint.load_train_state(path, model, ema, opt)
 
 
+@pytest.fixture
+def resumable(tmp_path, random_unet):
+    """A checkpoint saved for resuming (EMA, raw weights, AdamW moments, train_state) and its EMA network."""
+    model, ema = random_unet(0), random_unet(1).requires_grad_(False)
+    path = tmp_path / "resume.safetensors"
+    checkpoint.save(path, model, {"steps": 3}, ema=ema, optimizer=_adam_steps(model, steps=3),
+                    train_state={"step": 3})
+    return path, ema
+
+
+def test_save_inference_keeps_the_ema_weights_and_metadata_only(tmp_path, resumable, random_unet):
+    src, ema = resumable
+    dst = tmp_path / "inference.safetensors"
+    checkpoint.save_inference(src, dst)
+    meta, tensors = checkpoint.read(dst)
+    src_meta = checkpoint.read(src)[0]
+    assert meta == {k: src_meta[k] for k in ("format", "format_version", "config", "training")}
+    assert tensors.keys() == ema.state_dict().keys()
+    assert all(v.dtype == torch.float32 for v in tensors.values())
+    loaded = checkpoint.load(dst)
+    for k, v in ema.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    z, phi = inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(z, phi), checkpoint.load(src)(z, phi))
+    assert dst.stat().st_size < src.stat().st_size / 3  # the raw weights and both moments are gone
+    model = random_unet()
+    with pytest.raises(CheckpointError, match="inference weights only"):
+        checkpoint.load_train_state(dst, model, random_unet(), torch.optim.AdamW(model.parameters()))
+
+
+def test_save_inference_in_float16_and_in_place(resumable):
+    src, ema = resumable
+    checkpoint.save_inference(src, src, dtype=torch.float16)
+    meta, tensors = checkpoint.read(src)
+    assert "train_state" not in meta and not any(k.startswith("train.") for k in tensors)
+    assert all(v.dtype == torch.float16 for v in tensors.values())
+    loaded = checkpoint.load(src)
+    assert loaded.dtype == torch.float32  # fp16 storage, fp32 network
+    for k, v in ema.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v.half().float()), k
+    assert os.listdir(src.parent) == [src.name]  # no temp file left behind
+
+
+def test_save_inference_refuses_other_dtypes_and_leaves_no_file(tmp_path, resumable):
+    src, _ = resumable
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        checkpoint.save_inference(src, tmp_path / "x.safetensors", dtype=torch.bfloat16)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_bundled_file_holds_inference_weights_only():
+    """What ships is the EMA network and its metadata: no optimizer moments, no raw weights (MODEL_CARD.md)."""
+    meta, tensors = checkpoint.read(checkpoint.BUNDLED)
+    assert not any(k.startswith(checkpoint.TRAIN_PREFIX) for k in tensors) and "train_state" not in meta
+    model = checkpoint.load()
+    assert tensors.keys() == model.state_dict().keys()
+    assert model.training_info["steps"] > 0
+    data = sum(v.numel() * v.element_size() for v in tensors.values())
+    assert checkpoint.BUNDLED.stat().st_size < data + 64 * 1024  # tensors and a header, nothing else
+    z, phi = inputs(1)
+    with torch.no_grad():
+        assert torch.isfinite(model(z, phi)).all()
+
+
 # ---------------------------------------------------------------- bad files, one message each
 
 

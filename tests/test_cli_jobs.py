@@ -7,7 +7,7 @@ import torch
 
 from vdm_app import cli, spec
 from vdm_app.cli import main
-from vdm_core import checkpoint, tasks, video_io
+from vdm_core import checkpoint, tasks, video_io, video_write
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
 
@@ -21,7 +21,7 @@ def files(tmp_path_factory):
     frames = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
     t = torch.arange(12000) / 12000  # 3 frames at 12 fps = 0.25 s of a 440 Hz tone at 48 kHz
     audio = video_io.Audio(0.3 * torch.sin(2 * torch.pi * 440 * t)[None], 48000)
-    clip = video_io.write_video(d / "in.mp4", frames, 12, audio)
+    clip = video_write.write_video(d / "in.mp4", frames, 12, audio)
     return d, str(ckpt), str(clip)
 
 
@@ -101,7 +101,9 @@ def test_cli_flags_have_the_node_defaults():
     (["extend", "{clip}", "-o", "{clip}/x.mp4"], "is a file, not a folder"),
     (["extend", "{clip}", "-o", "{d}/other"], "holds files other than PNG frames"),
     (["extend", "{clip}", "-o", "{d}/x.mov"], "can be read but not written"),
-    (["extend", "{clip}", "-o", "{d}/x.mp4", "--model", "{d}/nothing.safetensors"], "nothing.safetensors"),
+    (["extend", "{clip}", "-o", "{d}/x.mp4", "--model", "{d}/nothing.safetensors"],
+     "no file '{d}/nothing.safetensors' exists; give --model the path of a .safetensors checkpoint"),
+    (["extend", "{clip}", "-o", "{d}/x.mp4", "--model", "{d}/other"], "is a folder, not a checkpoint file; give --model"),
 ])
 def test_bad_input_is_one_line_before_any_compute(files, capsys, monkeypatch, argv, message):
     d, ckpt, clip = files
@@ -114,6 +116,7 @@ def test_bad_input_is_one_line_before_any_compute(files, capsys, monkeypatch, ar
     extra = ([] if "--model" in argv else ["--model", ckpt]) + ([] if "--steps" in argv else ["--steps", "1"])
     assert main([*argv, *extra, "--device", "cpu"]) == 2
     err = capsys.readouterr().err
+    message = message.format(d=d)
     assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1, err
     assert not (d / "x.mp4").exists() and (d / "other" / "notes.txt").read_text() == "mine"
     if "context" not in message and "reconstruction" not in message:
@@ -152,3 +155,39 @@ def test_train_flags_are_the_config_fields():
     assert (cfg.warmup, cfg.weight_decay, cfg.grad_clip, cfg.ema_decay, cfg.compile, cfg.images) == \
         (5, 0.0, 0.5, 0.99, True, "stills")
     assert cfg.model.width_mults == (1, 2) and cfg.model.attention_levels == (1,)
+
+
+def test_the_bundled_model_on_a_larger_clip_says_what_to_expect_before_sampling(tmp_path, caplog, monkeypatch):
+    """A new user's real clip with the bundled 16×16 demo model: one line before any sampling says it will be slow
+    and noisy and what to use instead; a clip of its own size gets no such line."""
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr(tasks, "run", stop)
+    for size, warned in ((48, True), (16, False)):
+        clip = video_write.write_video(tmp_path / f"real{size}.mp4", torch.zeros(3, 4, size, size), 8)
+        caplog.clear()
+        with pytest.raises(Stop):
+            main(["extend", str(clip), "-o", str(tmp_path / "out.mp4"), "--frames", "2", "--device", "cpu"])
+        notes = [r.getMessage() for r in caplog.records if "bundled model" in r.getMessage()]
+        if warned:
+            (note,) = notes
+            assert "48×48" in note and "tiles per step" in note and "vdm train --data" in note
+            assert "Use ComfyUI Model" in note
+        else:
+            assert notes == []
+
+
+def test_help_does_not_import_torch():
+    """`vdm --help` and the job commands' help answer at once: building the parser imports no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from vdm_app import cli; p = cli.parser(train_flags=False); "
+            "[a.choices[c].format_help() for a in p._actions if a.dest == 'command' for c in a.choices]; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -14,24 +14,25 @@ stand-ins of ComfyUI's modules (tests/comfy_stubs.py) and of its model_sampling 
 
 The real ComfyUI runs of the same code are tests/harness/ (not CI).
 """
-import asyncio
-import importlib.util
 import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from unittest import mock
 
 import pytest
 import torch
 
 import comfy_model_sampling as cms
+import oracle
 import comfy_stubs
+from comfy_pack import stubbed_pack
 from vdm_core import guidance, sampling
+from vdm_core.settings import SamplerSettings
 from vdm_core.external import SigmaModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 4, 3, 2, 5)  # [B, C, F, h, w] latents
+STEPS = 200
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +40,9 @@ def pack(tmp_path_factory):
     """(the pack's nodes.comfy_model module, comfy_session, comfy_space, stub modules)."""
     stubs = comfy_stubs.modules(str(tmp_path_factory.mktemp("models")))
     name = "custom_nodes_comfyui-vdm_comfy_model"
-    # only the stubs and the pack's modules come and go: third-party modules first imported meanwhile (torch's
-    # own, e.g. by torch.func) stay, so they are never imported twice
-    with mock.patch.dict(sys.modules, stubs):
-        try:
-            spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-            asyncio.run(module.comfy_entrypoint())
-            yield (sys.modules[name + ".nodes.comfy_model"], sys.modules[name + ".nodes.comfy_session"],
-                   sys.modules[name + ".nodes.comfy_space"], stubs)
-        finally:
-            added = {k: v for k, v in sys.modules.items() if k not in stubs and not k.startswith(name)}
-    sys.modules.update(added)
+    with stubbed_pack(stubs, name=name):
+        yield (sys.modules[name + ".nodes.comfy_model"], sys.modules[name + ".nodes.comfy_session"],
+               sys.modules[name + ".nodes.comfy_space"], stubs)
 
 
 def prior(seed=0, shape=SHAPE):
@@ -97,7 +87,8 @@ def test_angle_grid_starts_at_sigma_max_and_ends_on_the_smallest_level(kind, pac
     comfy_model, *_ = pack
     ms = cms.KINDS[kind]()
     scaling, lo, hi, sigmas = comfy_model.sampling_functions(ms)
-    model = SigmaModel(scaling, lo, hi, sigmas, channels=1)
+    handed = []
+    model = SigmaModel(scaling, lo, hi, sigmas, channels=1, session=lambda window, shape, levels: handed.append(levels))
     angles = model.angles(10)
     a, b = scaling(hi)
     assert angles[0] == pytest.approx(math.atan2(b, a), abs=1e-12)
@@ -107,7 +98,8 @@ def test_angle_grid_starts_at_sigma_max_and_ends_on_the_smallest_level(kind, pac
     if kind == "eps":
         assert angles[0] == pytest.approx(math.atan(14.6146), abs=1e-4)
     # the session hands the host the grid's own noise levels, the last one followed by 0
-    assert model.session_sigmas() == pytest.approx([s for s in sigmas(10) if s > 0] + [0.0], rel=1e-9)
+    model.run(lambda: None, (1, 1, 2, 2, 2), angles)
+    assert handed == [pytest.approx([s for s in sigmas(10) if s > 0] + [0.0], rel=1e-9)]
 
 
 def test_the_grid_follows_the_shift(pack):
@@ -121,6 +113,38 @@ def test_the_grid_follows_the_shift(pack):
     ltxv = tangents(cms.KINDS["ltxv"]())
     assert [w / f for w, f in zip(wan, flat)] == pytest.approx([8.0] * len(flat), rel=1e-4)
     assert [t / f for t, f in zip(ltxv, flat)] == pytest.approx([math.exp(2.37)] * len(flat), rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", sorted(cms.KINDS))
+def test_posterior_guidance_extends_through_each_prediction_type(kind, pack):
+    """Extension of an AR(1) clip prior (16 frames, ρ 0.9, std 0.25; frames 0–7 known, frame 7+k has mean ρᵏ·x₇)
+    wrapped in each prediction type's coordinates as the node reads them, on the model's own 100-step grid:
+    posterior guidance gets the conditional mean (worst-frame slope error ≤ 0.05; measured 0.019–0.027, 'both' at
+    auto 0.41–0.46) and its spread within 0.8–1.25. The discrete schedules (EPS, V, V_DDPM, X0) start at σ_max =
+    14.6, short of pure noise, and the sampler (like ComfyUI's KSampler) starts from noise alone, without the
+    signal α₀·x the model expects: their far frames undershoot by 0.051–0.054 at 50–200 steps (0.014 when the start
+    holds α₀·x), so they are held to 0.06. The spread is that of what an exact sampler returns on this
+    grid, x̂ at its last level φ: E[x | z_φ, y], whose covariance is C − (C⁻¹ + α²/σ²·I)⁻¹ for the conditional
+    covariance C — the discrete schedules (EPS, V, X0) end at σ ≈ 0.09, where that is 0.62–0.87 of C."""
+    comfy_model, *_ = pack
+    prior = oracle.CorrelatedGaussian(16, 0.9, 0.25)
+    scaling, lo, hi, sigmas = comfy_model.sampling_functions(cms.KINDS[kind]())
+    model = SigmaModel(scaling, lo, hi, sigmas, channels=1,
+                       denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
+    x = prior.draw(16, 24, 24, seed=22)
+    known = list(range(8))
+    k, _ = oracle.gaussian_conditional(prior.cov, known)
+    mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known])
+    cond = prior.cov[8:, 8:] - k @ prior.cov[known][:, 8:]
+    angles = model.angles(STEPS)
+    snr = math.cos(angles[-2]) ** 2 / math.sin(angles[-2]) ** 2  # x̂ of the last step: at angles[-2]
+    var = torch.diag(cond - torch.linalg.inv(torch.linalg.inv(cond) + snr * torch.eye(8, dtype=cond.dtype)))
+    obs = guidance.select_frames(x[:, :, known], known, 16)
+    out = sampling.sample(model, torch.randn(x.shape, generator=torch.Generator().manual_seed(20)), angles,
+                          SamplerSettings(method="posterior"), observation=obs, clip=False)
+    slopes, ratios = oracle.frame_fit(out[:, :, 8:], mean, var)
+    assert max(abs(s - 1) for s in slopes) <= (0.05 if angles[0] > math.pi / 2 - 1e-3 else 0.06), slopes
+    assert 0.8 <= min(ratios) and max(ratios) <= 1.25, ratios
 
 
 # ---------------------------------------------------------------------------------------------- the node
@@ -164,11 +188,12 @@ def test_the_window_samples_inside_cfg_guider(pack):
     z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
     before = len(samplers.state["samples"])
     with torch.inference_mode():  # as a node runs
-        got = net.run(lambda: x_hat(net, z, angles[2]), SHAPE)
+        got = net.run(lambda: x_hat(net, z, angles[2]), SHAPE, angles)
     assert torch.allclose(got, posterior(mean, std, z, angles[2]), atol=2e-5)
     (record,) = samplers.state["samples"][before:]
     assert tuple(record["noise"].shape) == SHAPE and not record["noise"].any() and not record["latent"].any()
-    assert record["sigmas"].tolist() == pytest.approx(net.session_sigmas(), rel=1e-6)
+    sigmas = pack[0].sampling_functions(cms.KINDS["flow_shift8"]())[3]
+    assert record["sigmas"].tolist() == pytest.approx([s for s in sigmas(6) if s > 0] + [0.0], rel=1e-6)
     assert record["sigmas"][0] == pytest.approx(1.0) and record["sigmas"][-1] == 0
     assert net.denoise is None  # only inside the session
     cond = patcher.model.conds_seen[-1][0]["cross_attn"]
@@ -189,8 +214,9 @@ def test_guidance_reaches_weights_loaded_in_inference_mode(pack):
     errors = []
     for w in (0.0, 0.5, 1.0):
         with torch.inference_mode():
-            x = net.run(lambda: sampling.sample(net, noise, angles, observation=obs, method="reconstruction",
-                                                guidance_weight=w, clip=False), SHAPE)
+            settings = SamplerSettings(method="reconstruction", guidance_weight=w)
+            x = net.run(lambda: sampling.sample(net, noise, angles, settings, observation=obs, clip=False), SHAPE,
+                        angles)
         errors.append(float((x[:, :, :1] - y).abs().mean()))
     assert errors[0] > errors[1] > errors[2], errors
     assert sum(p.is_inference() for p in patcher.model.parameters()) == 0
@@ -203,7 +229,7 @@ def test_cfg_uses_a_zero_negative_and_positive_as_given(pack):
     net = node(pack, model=patcher, positive=positive, cfg=3.0).network
     angles = net.angles(2)
     with torch.inference_mode():
-        net.run(lambda: net.x0(torch.zeros(SHAPE), angles[0]), SHAPE)
+        net.run(lambda: net.x0(torch.zeros(SHAPE), angles[0]), SHAPE, angles)
     seen = patcher.model.conds_seen[-2:]
     assert [c[0]["cross_attn"].shape for c in seen] == [(1, 3, 8), (1, 1, 8)]
     assert seen[0][0]["cross_attn"].eq(1).all() and not seen[1][0]["cross_attn"].any()
@@ -258,8 +284,8 @@ def test_an_in_place_model_is_functionalized_and_the_window_sampled_again(pack):
         torch.autograd.grad(plain(xx, torch.tensor([0.5])).sum(), xx)
     assert not session.functionalize
     with torch.inference_mode():
-        x = net.run(lambda: sampling.sample(net, noise, angles, observation=obs, guidance_weight=1.0, clip=False),
-                    SHAPE)
+        x = net.run(lambda: sampling.sample(net, noise, angles, SamplerSettings(guidance_weight=1.0), observation=obs,
+                                            clip=False), SHAPE, angles)
     assert session.functionalize and torch.isfinite(x).all()
     assert "forward" not in patcher.model.diffusion_model.__dict__  # unwrapped afterwards
 
@@ -280,7 +306,7 @@ def test_cancel_passes_through_and_the_session_is_restored(pack):
             raise exc()
 
         with pytest.raises(exc), torch.inference_mode():
-            net.run(fn, SHAPE)
+            net.run(fn, SHAPE, angles)
         assert net.denoise is None and not net._session.active
 
 
@@ -291,7 +317,7 @@ def test_in_training_is_set_for_the_window_and_restored(pack, monkeypatch):
     net = node(pack, model=load_model(stubs)).network
     seen = []
     with torch.inference_mode():
-        net.run(lambda: seen.append(mm.in_training) or torch.zeros(SHAPE), SHAPE)
+        net.run(lambda: seen.append(mm.in_training) or torch.zeros(SHAPE), SHAPE, net.angles(4))
     assert seen == [True] and mm.in_training is False
 
 
@@ -433,7 +459,7 @@ def test_the_vae_latent_space(pack):
         return img.detach(), g
 
     with torch.inference_mode():
-        img, g = net.run(inside, SHAPE)
+        img, g = net.run(inside, SHAPE, angles)
     raw = fmt.process_out(x)
     assert img.shape == (1, 3, 9, 4, 10) and torch.allclose(img, vae.first_stage_model.decode(raw), atol=1e-6)
     assert torch.isfinite(g).all() and g.abs().sum() > 0  # through decoder weights made in inference mode
@@ -460,3 +486,84 @@ def test_a_vae_of_another_latent_size_is_refused(pack):
     vae.latent_channels = 16
     with pytest.raises(ValueError, match="connect the model's own VAE"):
         node(pack, model=load_model(stubs), vae=vae)
+
+
+class CachedBlock(torch.nn.Module):
+    """A causal block as in Wan's decoder: reads its cache entry (the previous chunk's input) and replaces it."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv, self.calls = torch.nn.Conv3d(cin, cout, 1), 0
+
+    def forward(self, x, feat_cache=None, feat_idx=[0]):
+        self.calls += 1
+        i = feat_idx[0]
+        prev = feat_cache[i] if feat_cache[i] is not None else torch.zeros_like(x)
+        feat_cache[i] = x
+        feat_idx[0] += 1
+        return torch.tanh(self.conv(x + 0.5 * prev))
+
+
+class ChunkDecoder(torch.nn.Module):
+    """A decoder called once per latent frame with a causal cache, as Wan's ``Decoder3d`` is
+    (``forward(x, feat_cache=list, feat_idx=[i])``), its blocks in ``upsamples`` taking the cache too."""
+
+    def __init__(self):
+        super().__init__()
+        self.upsamples = torch.nn.Sequential(CachedBlock(2, 4), CachedBlock(4, 3))
+        self.calls = 0
+
+    def forward(self, x, feat_cache=None, feat_idx=[0]):
+        self.calls += 1
+        for block in self.upsamples:
+            x = block(x, feat_cache, feat_idx)
+        return x
+
+
+class ChunkVAE(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.decoder = ChunkDecoder()
+
+    def decode(self, z):
+        cache, out = [None, None], []
+        for t in range(z.shape[2]):
+            out.append(self.decoder(z[:, :, t:t + 1], feat_cache=cache, feat_idx=[0]))
+        return torch.cat(out, 2)
+
+
+def test_decoder_chunks_are_checkpointed_exactly(pack):
+    """A pixel observation's gradient through a chunked causal decoder: the same values and gradient with each chunk
+    call and each cached block in it checkpointed, each chunk recomputed once in the backward pass and a block once
+    more within that recompute, the decoder restored afterwards."""
+    _, _, space_mod, _ = pack
+    torch.manual_seed(0)
+    vae = ChunkVAE()
+    x = torch.randn(1, 2, 5, 3, 3, requires_grad=True)
+    want = vae.decode(x)
+    (g_want,) = torch.autograd.grad(want.pow(3).sum(), x)
+    blocks = list(vae.decoder.upsamples)
+    vae.decoder.calls = blocks[0].calls = blocks[1].calls = 0
+    with space_mod.checkpointed_chunks(vae) as on:
+        got = vae.decode(x)
+        assert on and vae.decoder.calls == 5 and [b.calls for b in blocks] == [5, 5]
+        (g_got,) = torch.autograd.grad(got.pow(3).sum(), x)
+    assert torch.equal(got, want) and torch.allclose(g_got, g_want, atol=1e-6)
+    assert vae.decoder.calls == 10  # every chunk ran again in the backward pass,
+    assert blocks[0].calls == 15  # and inside that recompute the first block once more for its own backward
+    assert all("forward" not in m.__dict__ for m in [vae.decoder] + blocks)
+    with space_mod.checkpointed_chunks(vae, torch.device("cpu")):  # caches kept in a store (the host's memory on
+        (g_stored,) = torch.autograd.grad(vae.decode(x).pow(3).sum(), x)  # a GPU; here the code path, no transfer)
+    assert torch.allclose(g_stored, g_want, atol=1e-6)
+    vae.decoder.calls = blocks[0].calls = blocks[1].calls = 0
+    with space_mod.checkpointed_chunks(vae):  # as the pack's decode: the backward pass after the context ends
+        got = vae.decode(x)
+    assert all("forward" not in m.__dict__ for m in [vae.decoder] + blocks)
+    (g_after,) = torch.autograd.grad(got.pow(3).sum(), x)  # the recompute runs the same checkpointed blocks
+    assert torch.allclose(g_after, g_want, atol=1e-6) and vae.decoder.calls == 10 and blocks[0].calls == 15
+    assert all("forward" not in m.__dict__ for m in [vae.decoder] + blocks)
+    with torch.no_grad(), space_mod.checkpointed_chunks(vae):
+        assert torch.equal(vae.decode(x), want)  # without autograd: the plain calls
+    plain = StandInDecoder()
+    with space_mod.checkpointed_chunks(plain) as on:  # no chunk calls (LTX-Video): left alone
+        assert not on

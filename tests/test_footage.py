@@ -10,7 +10,7 @@ from PIL import Image
 
 from vdm_core.distributed import BatchPositions
 from vdm_core.footage import ClipFolder, ImageFolder, WithImages
-from vdm_core.video_io import write_video
+from vdm_core.video_write import write_video
 
 
 def _ramp_clip(frames, h, w, base=-0.8):

@@ -1,49 +1,24 @@
 """Observations, operators, and the sampler conditioned on them: reconstruction guidance, replacement, the
-final projection (vdm-reference §1.7–1.10)."""
+final projection (VDM §3.1, eq. 7–8)."""
 import math
 
 import pytest
 import torch
 
 from vdm_core import unet3d
-from vdm_core.guidance import (DEFAULT_GUIDANCE_WEIGHT, Observation, area_downsample, combine, downsample,
+from vdm_core.guidance import (Observation, area_downsample, combine, downsample,
                                match_block_means, select_frames)
 from vdm_core.sampling import guided, predict_x, sample
-from vdm_core.schedule import PHI_MAX, sampling_angles
+from vdm_core.settings import SamplerSettings
+from vdm_core.schedule import sampling_angles
 
-from oracle import regression_error
+from oracle import CorrelatedGaussian, regression_error
 
 D = torch.float64
 
 
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
-
-
-class CorrelatedGaussian:
-    """Exact v̂ for data x ~ N(0, Σ) over frames, Σ_ij = ρ^|i−j|, every (channel, pixel) independent.
-
-    E[x|z] = α Σ (α² Σ + σ² I)⁻¹ z, computed in Σ's eigenbasis; v̂ = (α z − E[x|z])/σ. Differentiable.
-    """
-
-    def __init__(self, frames, rho):
-        i = torch.arange(frames, dtype=D)
-        self.cov = rho ** (i[:, None] - i[None, :]).abs()
-        lam, u = torch.linalg.eigh(self.cov)
-        self.lam, self.u = lam.float(), u.float()
-
-    def __call__(self, z, phi):
-        p = phi.to(z.dtype).reshape(-1, 1, 1, 1, 1)
-        a, s = torch.cos(p), torch.sin(p)
-        zf = z.movedim(2, -1)  # frames last
-        x = ((zf @ self.u) * (a * self.lam / (a * a * self.lam + s * s))) @ self.u.T
-        return ((a * zf - x) / s).movedim(-1, 2)
-
-    def draw(self, b, h, w, seed):
-        """Clips [b, 1, F, h, w] from the prior."""
-        f = self.cov.shape[0]
-        e = torch.randn(b, h, w, f, generator=_gen(seed), dtype=D)
-        return (e @ torch.linalg.cholesky(self.cov).T).float().permute(0, 3, 1, 2).unsqueeze(1)
 
 
 def tiny_unet(**kw):
@@ -143,13 +118,14 @@ def test_both_replaces_the_exact_part_of_a_combined_observation():
     obs = combine(select_frames(x[:, :, :1], [0], 4), select_frames(downsample(area_downsample(x[:, :, 1:], 2), 2),
                                                                     [1, 2, 3], 4))
     noise = torch.randn(2, 1, 4, 4, 4, generator=_gen(9))
-    out = sample(base, noise, sampling_angles(8), observation=obs, method="both", guidance_weight=4.0, clip=False)
+    out = sample(base, noise, sampling_angles(8), observation=obs, clip=False,
+                 settings=SamplerSettings(method="both", guidance_weight=4.0))
     assert torch.equal(out[:, :, :1], x[:, :, :1])
     free = sample(base, noise, sampling_angles(8), clip=False)
     err = (area_downsample(out[:, :, 1:], 2) - area_downsample(x[:, :, 1:], 2)).abs().mean()
     assert err < 0.5 * (area_downsample(free[:, :, 1:], 2) - area_downsample(x[:, :, 1:], 2)).abs().mean()
     with pytest.raises(ValueError, match="pure frame selection"):
-        sample(base, noise, sampling_angles(2), observation=obs, method="replacement")
+        sample(base, noise, sampling_angles(2), observation=obs, settings=SamplerSettings(method="replacement"))
 
 
 def test_observation_is_frozen_and_checked():
@@ -159,7 +135,6 @@ def test_observation_is_frozen_and_checked():
         obs.num_frames = 4
     with pytest.raises(ValueError):
         Observation(y=y, operator=lambda x: x, num_frames=0)
-    assert DEFAULT_GUIDANCE_WEIGHT > 0
 
 
 # ---------------------------------------------------------------- validation
@@ -168,29 +143,37 @@ def test_sample_rejects_observations_that_do_not_fit():
     model = CorrelatedGaussian(4, 0.5)
     noise = torch.randn(2, 1, 4, 4, 4)
     with pytest.raises(ValueError, match="5 frames"):
-        sample(model, noise, sampling_angles(2), observation=select_frames(torch.zeros(2, 1, 1, 4, 4), [0], 5))
+        sample(model, noise, sampling_angles(2), observation=select_frames(torch.zeros(2, 1, 1, 4, 4), [0], 5),
+               settings=SamplerSettings(guidance_weight=16.0))
     with pytest.raises(ValueError, match="batch 3"):
-        sample(model, noise, sampling_angles(2), observation=select_frames(torch.zeros(3, 1, 1, 4, 4), [0], 4))
+        sample(model, noise, sampling_angles(2), observation=select_frames(torch.zeros(3, 1, 1, 4, 4), [0], 4),
+               settings=SamplerSettings(guidance_weight=16.0))
     with pytest.raises(ValueError, match="does not match y"):
-        sample(model, noise, sampling_angles(2), observation=select_frames(torch.zeros(2, 1, 1, 2, 2), [0], 4))
+        sample(model, noise, sampling_angles(2), observation=select_frames(torch.zeros(2, 1, 1, 2, 2), [0], 4),
+               settings=SamplerSettings(guidance_weight=16.0))
     with pytest.raises(ValueError, match="divisible"):
-        sample(model, torch.randn(2, 1, 4, 6, 6), sampling_angles(2), observation=downsample(torch.zeros(2, 1, 4, 3, 3), 4))
+        sample(model, torch.randn(2, 1, 4, 6, 6), sampling_angles(2), SamplerSettings(guidance_weight=16.0),
+               observation=downsample(torch.zeros(2, 1, 4, 3, 3), 4))
     with pytest.raises(ValueError, match="does not match y"):
-        sample(model, noise, sampling_angles(2), observation=downsample(torch.zeros(2, 1, 4, 1, 1), 2))
+        sample(model, noise, sampling_angles(2), observation=downsample(torch.zeros(2, 1, 4, 1, 1), 2),
+               settings=SamplerSettings(guidance_weight=16.0))
     ok = select_frames(torch.zeros(2, 1, 1, 4, 4), [0], 4)
     with pytest.raises(ValueError, match="guidance_weight"):
-        sample(model, noise, sampling_angles(2), observation=ok, guidance_weight=-1)
+        sample(model, noise, sampling_angles(2), observation=ok, settings=SamplerSettings(guidance_weight=-1))
     with pytest.raises(ValueError, match="method"):
-        sample(model, noise, sampling_angles(2), observation=ok, method="inpaint")
+        sample(model, noise, sampling_angles(2), observation=ok,
+               settings=SamplerSettings(method="inpaint", guidance_weight=16.0))
     low = downsample(torch.zeros(2, 1, 4, 2, 2), 2)
     composed = select_frames(downsample(torch.zeros(2, 1, 1, 2, 2), 2), [0], 4)
     for obs in (low, composed):
         with pytest.raises(ValueError, match="frame selection.*'both' or 'reconstruction'"):
-            sample(model, noise, sampling_angles(2), observation=obs, method="replacement")
+            sample(model, noise, sampling_angles(2), observation=obs, settings=SamplerSettings(method="replacement"))
         # nothing is known exactly, so "both" has nothing to replace: it is reconstruction guidance whose
         # final prediction is projected onto the clips that agree with y
-        both = sample(model, noise, sampling_angles(2), observation=obs, method="both", guidance_weight=2.0)
-        rec = sample(model, noise, sampling_angles(2), observation=obs, method="reconstruction", guidance_weight=2.0)
+        both = sample(model, noise, sampling_angles(2), observation=obs,
+                      settings=SamplerSettings(method="both", guidance_weight=2.0))
+        rec = sample(model, noise, sampling_angles(2), observation=obs,
+                     settings=SamplerSettings(method="reconstruction", guidance_weight=2.0))
         torch.testing.assert_close(both, obs.project(rec))
         torch.testing.assert_close(obs.operator(both), obs.y.expand(2, -1, -1, -1, -1))
 
@@ -237,7 +220,8 @@ def test_zero_weight_reconstruction_is_unguided_sampling():
     noise = torch.randn(3, 1, 4, 2, 2, generator=_gen(9))
     obs = select_frames(torch.zeros(3, 1, 2, 2, 2), [0, 1], 4)
     plain = sample(model, noise, sampling_angles(6), clip=False)
-    got = sample(model, noise, sampling_angles(6), clip=False, observation=obs, method="reconstruction", guidance_weight=0)
+    got = sample(model, noise, sampling_angles(6), clip=False, observation=obs,
+                 settings=SamplerSettings(method="reconstruction", guidance_weight=0))
     torch.testing.assert_close(got, plain)
 
 
@@ -252,7 +236,7 @@ def test_each_guided_step_differentiates_a_fresh_leaf():
     seen = []
     out = sample(model, torch.randn(2, 1, 4, 2, 2, generator=_gen(10)), sampling_angles(4),
                  observation=select_frames(torch.zeros(2, 1, 1, 2, 2), [0], 4),
-                 callback=lambda i, n, x: seen.append(x.requires_grad))
+                 callback=lambda i, n, x: seen.append(x.requires_grad), settings=SamplerSettings(guidance_weight=16.0))
     assert inputs == [(True, True, True)] * 4  # a new leaf each step: the graph never spans steps
     assert seen == [False] * 4 and not out.requires_grad
 
@@ -269,8 +253,8 @@ def test_replacement_uses_fresh_noise_every_step_and_keeps_observed_frames():
         return base(z, phi)
 
     noise = torch.randn(64, 1, 5, 4, 4, generator=_gen(12))
-    out = sample(model, noise, sampling_angles(6), observation=select_frames(y, [0, 1], 5), method="replacement",
-                 generator=_gen(13), clip=False)
+    out = sample(model, noise, sampling_angles(6), observation=select_frames(y, [0, 1], 5),
+                 generator=_gen(13), clip=False, settings=SamplerSettings(method="replacement"))
     assert torch.equal(out[:, :, :2], y)
     phis = sampling_angles(6).tolist()
     xis = []
@@ -288,7 +272,7 @@ def test_replacement_uses_fresh_noise_every_step_and_keeps_observed_frames():
 def test_replacement_broadcasts_a_single_observation_over_the_batch():
     y = torch.rand(1, 1, 1, 2, 2, generator=_gen(14)) * 2 - 1
     out = sample(CorrelatedGaussian(3, 0.9), torch.randn(4, 1, 3, 2, 2, generator=_gen(15)), sampling_angles(3),
-                 observation=select_frames(y, [2], 3), method="both", guidance_weight=2.0, generator=_gen(16))
+                 SamplerSettings(guidance_weight=2.0), observation=select_frames(y, [2], 3), generator=_gen(16))
     assert torch.equal(out[:, :, 2:], y.expand(4, -1, -1, -1, -1))
     assert not torch.allclose(out[0], out[1])
 
@@ -311,8 +295,8 @@ def test_reconstruction_guidance_gets_the_conditional_mean_better_than_replaceme
     noise = torch.randn(512, 1, 5, 1, 1, generator=_gen(19))
     err = {}
     for method, w in [("replacement", 0.0), ("reconstruction", 2.0), ("reconstruction", 8.0), ("both", 8.0)]:
-        out = sample(model, noise, sampling_angles(20), observation=obs, method=method, guidance_weight=w,
-                     generator=_gen(20), clip=False)
+        out = sample(model, noise, sampling_angles(20), observation=obs,
+                     generator=_gen(20), clip=False, settings=SamplerSettings(method=method, guidance_weight=w))
         err[method, w] = regression_error(out, y, unknown, known, model.cov)
     # over 4 other seeds: replacement 0.66-0.75; w_r = 2: 0.51-0.54 of it; w_r = 8: 0.11-0.15; both: 0.33-0.40
     repl = err["replacement", 0.0]
@@ -331,8 +315,8 @@ def test_observation_error_falls_as_the_guidance_weight_grows():
     noise = torch.randn(64, 1, 5, 4, 4, generator=_gen(22))
     errs = []
     for w in [0.0, 0.5, 2.0, 8.0]:
-        out = sample(model, noise, sampling_angles(50), observation=downsample(y, 2), method="reconstruction",
-                     guidance_weight=w, clip=False)
+        out = sample(model, noise, sampling_angles(50), observation=downsample(y, 2), clip=False,
+                     settings=SamplerSettings(method="reconstruction", guidance_weight=w))
         errs.append((area_downsample(out, 2) - y).pow(2).sum().sqrt().item())
     assert errs == sorted(errs, reverse=True), errs
     assert errs[-1] < 0.01 * errs[0], errs
@@ -340,9 +324,10 @@ def test_observation_error_falls_as_the_guidance_weight_grows():
 
 # ---------------------------------------------------------------- plumbing with the real network
 
-def _guided(net, noise, **kw):
+def _guided(net, noise, method="both"):
     obs = select_frames(torch.rand(1, 3, 2, 8, 8, generator=_gen(23)) * 2 - 1, [0, 1], 4)
-    return sample(net, noise, sampling_angles(3), eta=0.5, generator=_gen(24), observation=obs, guidance_weight=4.0, **kw)
+    return sample(net, noise, sampling_angles(3), SamplerSettings(eta=0.5, guidance_weight=4.0, method=method),
+                  generator=_gen(24), observation=obs)
 
 
 def test_guided_sampling_is_deterministic_for_a_seed():
@@ -352,7 +337,8 @@ def test_guided_sampling_is_deterministic_for_a_seed():
         a, b = _guided(net, noise, method=method), _guided(net, noise, method=method)
         assert torch.equal(a, b)
     obs = select_frames(torch.zeros(1, 3, 2, 8, 8), [0, 1], 4)
-    c = sample(net, noise, sampling_angles(3), eta=0.5, generator=_gen(99), observation=obs, method="both")
+    c = sample(net, noise, sampling_angles(3), generator=_gen(99), observation=obs,
+               settings=SamplerSettings(eta=0.5, method="both", guidance_weight=16.0))
     assert not torch.allclose(c, _guided(net, noise, method="both"))
 
 

@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 import torch
 
 from vdm_core.data import sprite_batch, sprite_centres, sprite_scene, split_seed
-from vdm_core.metrics import object_errors, psnr, sprite_errors, ssim
+from vdm_core.metrics import object_errors, psnr, sprite_errors, ssim, window_drift
 
 
 def test_psnr_and_ssim_of_identical_and_noisy_clips():
@@ -73,3 +74,28 @@ def test_sprite_errors_is_object_errors_with_the_v1_ground_truth():
     background, sprites = sprite_scene(seed)
     assert sprite_errors(x, seed, [1, 4]) == object_errors(
         x, sprite_centres(seed, 6), [sp.colour for sp in sprites], [sp.radius for sp in sprites], background, [1, 4])
+
+
+def test_window_drift_reads_colour_and_contrast_per_window():
+    """A clip whose known frames are grey noise, then windows that brighten red by 10/255 each and double the
+    noise: the colour drift and contrast of each window are read back, and a partial window is left out."""
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 3, 4 + 3 * 2 + 1, 8, 8, generator=g) * 0.1
+    clip = noise.clone()
+    for w in range(3):
+        frames = slice(4 + 2 * w, 6 + 2 * w)
+        clip[:, 0, frames] += (w + 1) * 10 / 127.5
+    colour, contrast = window_drift(clip, known=4, per_window=2)
+    assert colour.shape == (1, 3, 3) and contrast.shape == (1, 3)
+    ref = noise[:, :, :4].mean((2, 3, 4))
+    for w in range(3):
+        new = noise[:, :, 4 + 2 * w:6 + 2 * w].mean((2, 3, 4))
+        want = (new - ref) * 127.5
+        want[:, 0] += (w + 1) * 10
+        assert torch.allclose(colour[:, w], want, atol=1e-4)
+    loud = torch.cat([noise[:, :, :4], 2 * noise[:, :, 4:]], 2)
+    _, c2 = window_drift(loud, known=4, per_window=2)
+    want = torch.stack([(2 * noise[:, :, 4 + 2 * w:6 + 2 * w]).std() / noise[:, :, :4].std() for w in range(3)])
+    assert torch.allclose(c2[0], want, rtol=1e-5) and bool((c2 > 1.6).all())
+    with pytest.raises(ValueError, match="per_window"):
+        window_drift(clip[:, :, :5], known=4, per_window=2)

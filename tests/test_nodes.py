@@ -1,16 +1,14 @@
 """The ComfyUI nodes, imported the way ComfyUI imports a custom-node folder, against small stand-ins for
 ComfyUI's modules (tests/comfy_stubs.py). Every node runs under torch.inference_mode(), like in ComfyUI."""
-import asyncio
-import importlib.util
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import comfy_stubs
+from comfy_pack import stubbed_pack
 from vdm_core import checkpoint
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
@@ -35,21 +33,8 @@ def comfy(tmp_path_factory):
     pack.parent.mkdir()
     pack.symlink_to(ROOT, target_is_directory=True)
     stubs = comfy_stubs.modules(str(models))
-    name = str(pack).replace(".", "_x_")
-    # only the stubs and the pack's own modules come and go (third-party modules first imported while
-    # the pack loads stay, so later tests never import them twice)
-    with mock.patch.dict(sys.modules, stubs):
-        try:
-            spec = importlib.util.spec_from_file_location(name, pack / "__init__.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-            extension = asyncio.run(module.comfy_entrypoint())
-            nodes = asyncio.run(extension.get_node_list())
-            yield module, {n.GET_SCHEMA().node_id: n for n in nodes}, stubs, extension
-        finally:
-            added = {k: v for k, v in sys.modules.items() if k not in stubs and not k.startswith(name)}
-    sys.modules.update(added)
+    with stubbed_pack(stubs, pack, str(pack).replace(".", "_x_")) as (module, extension, nodes):
+        yield module, nodes, stubs, extension
 
 
 def run(node, **inputs):
@@ -244,3 +229,24 @@ def test_cancel_stops_sampling_and_resets(comfy):
     utils.set_progress_bar_global_hook(None)
     out = run(nodes["VDM_SampleDDIMv"], model=model, length=2, width=8, height=8, steps=1)[0]
     assert out.shape == (2, 8, 8, 3)
+
+
+def test_sample_with_posterior_and_consistency_and_without_iterations(comfy, monkeypatch):
+    """The new methods run through the node; `iterations` is optional, so a prompt saved before it existed (no
+    `iterations`) runs with the default, and a given value reaches the sampler."""
+    from vdm_core import settings
+    _, nodes, _, _ = comfy
+    seen = []
+    for module in [m for n, m in sys.modules.items() if n.endswith("vdm_core.sampling")]:  # the pack's own copy too
+        for name in ("posterior", "consistent"):
+            real = getattr(module, name)
+            monkeypatch.setattr(module, name, lambda den, obs, it, real=real, name=name: seen.append((name, it)) or
+                                real(den, obs, it))
+    (model,) = run(nodes["VDM_LoadModel"], model_name="tiny.safetensors", dtype="fp32")
+    images, fps = run(nodes["VDM_SpriteClip"], seed=5, size=8, length=3, fps=10.0)
+    (job,) = run(nodes["VDM_ExtendClip"], new_frames=2, context=0, window=0, tile=0, frames=images, fps=fps)
+    for method, extra in (("posterior", {"iterations": 2}), ("posterior", {}), ("consistency", {})):
+        out, _, _ = run(nodes["VDM_SampleDDIMv"], model=model, steps=2, method=method, seed=3, job=job, **extra)
+        assert out.shape == (5, 8, 8, 3) and torch.allclose(out[:3], images, atol=1e-6)
+    default = settings.DEFAULT_ITERATIONS
+    assert seen == [("posterior", 2), ("posterior", default), ("consistent", default)]

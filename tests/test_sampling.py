@@ -6,6 +6,7 @@ import torch
 
 from vdm_core import schedule as S
 from vdm_core.sampling import ddim, ddim_coefficients, ddim_step, sample
+from vdm_core.settings import SamplerSettings
 from vdm_core.schedule import sampling_angles
 
 D = torch.float64
@@ -107,8 +108,8 @@ def test_point_mass_data_is_recovered_exactly(steps, clip_x):
 
 def test_point_mass_recovered_with_eta():
     mu = torch.rand(2, 1, 3, 4, 4, generator=_gen(9)) * 2 - 1
-    out = sample(point_mass_model(mu), torch.randn(2, 1, 3, 4, 4, generator=_gen(10)), sampling_angles(9), eta=1.0,
-                 generator=_gen(11))
+    out = sample(point_mass_model(mu), torch.randn(2, 1, 3, 4, 4, generator=_gen(10)), sampling_angles(9),
+                 generator=_gen(11), settings=SamplerSettings(eta=1.0))
     torch.testing.assert_close(out, mu, rtol=0, atol=2e-6)
 
 
@@ -118,7 +119,8 @@ def test_gaussian_data_has_the_right_mean_and_std(eta, steps):
     # are used to bring the discretization error (≈0.2 % here) below the sampling error
     m, sd = 0.3, 0.5
     noise = torch.randn(16, 1, 4, 16, 16, generator=_gen(12))  # 16384 elements
-    out = sample(gaussian_model(m, sd**2), noise, sampling_angles(steps), eta=eta, generator=_gen(13), clip=False)
+    out = sample(gaussian_model(m, sd**2), noise, sampling_angles(steps), generator=_gen(13), clip=False,
+                 settings=SamplerSettings(eta=eta))
     n = out.numel()
     assert abs(out.mean().item() - m) < 4 * sd / math.sqrt(n)
     assert abs(out.std().item() - sd) < 4 * sd / math.sqrt(2 * n) + 0.005 * sd
@@ -136,9 +138,9 @@ def test_clipped_and_unclipped_paths_agree_when_nothing_is_clipped():
 def test_same_seed_same_result_different_seed_different():
     model = gaussian_model(0.0, 0.25)
     noise = torch.randn(2, 1, 3, 4, 4, generator=_gen(15))
-    r1 = sample(model, noise, sampling_angles(10), eta=0.7, generator=_gen(16))
-    r2 = sample(model, noise, sampling_angles(10), eta=0.7, generator=_gen(16))
-    r3 = sample(model, noise, sampling_angles(10), eta=0.7, generator=_gen(17))
+    r1 = sample(model, noise, sampling_angles(10), generator=_gen(16), settings=SamplerSettings(eta=0.7))
+    r2 = sample(model, noise, sampling_angles(10), generator=_gen(16), settings=SamplerSettings(eta=0.7))
+    r3 = sample(model, noise, sampling_angles(10), generator=_gen(17), settings=SamplerSettings(eta=0.7))
     assert torch.equal(r1, r2)
     assert not torch.allclose(r1, r3)
 
@@ -177,7 +179,8 @@ def test_half_precision_model_keeps_float32_state(dtype, tol):
         seen.append(z.dtype)
         return exact(z.to(dtype), phi.to(dtype))  # computes and answers in half
 
-    out = sample(model, torch.randn(2, 1, 3, 4, 4, generator=_gen(20)), sampling_angles(8), eta=0.5, generator=_gen(21))
+    out = sample(model, torch.randn(2, 1, 3, 4, 4, generator=_gen(20)), sampling_angles(8), generator=_gen(21),
+                 settings=SamplerSettings(eta=0.5))
     assert set(seen) == {torch.float32}
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, mu, rtol=0, atol=tol)
@@ -204,7 +207,7 @@ def test_bad_arguments():
         sampling_angles(0)
     for eta in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="eta"):
-            sample(model, z, sampling_angles(2), eta=eta)
+            sample(model, z, sampling_angles(2), settings=SamplerSettings(eta=eta))
     for angles in ([1.0], [0.5, 1.0], [1.0, 0.5, 0.5], [2.0, 1.0], [1.0, 0.0]):  # not a decreasing grid in (0, π/2]
         with pytest.raises(ValueError, match="angles"):
             sample(model, z, angles)
@@ -215,6 +218,7 @@ def test_tiny_unet_samples_a_finite_float32_clip():
 
     torch.manual_seed(0)
     net = UNet3D(UNet3DConfig(base_width=8, width_mults=(1, 2), heads=2)).eval()
-    out = sample(net, torch.randn(1, 3, 4, 8, 8, generator=_gen(25)), sampling_angles(3), eta=1.0, generator=_gen(26))
+    out = sample(net, torch.randn(1, 3, 4, 8, 8, generator=_gen(25)), sampling_angles(3), generator=_gen(26),
+                 settings=SamplerSettings(eta=1.0))
     assert out.shape == (1, 3, 4, 8, 8) and out.dtype == torch.float32
     assert torch.isfinite(out).all() and out.abs().max() <= 1

@@ -1,4 +1,4 @@
-"""The truncated cosine schedule in angle form and the x̂ / ε̂ / v identities (vdm-reference §1.1–1.3)."""
+"""The truncated cosine schedule in angle form and the x̂ / ε̂ / v identities (VDM eq. 1; Salimans & Ho 2022, §4)."""
 import math
 
 import pytest

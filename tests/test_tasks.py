@@ -5,9 +5,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vdm_core import sampling, tasks
+from vdm_core import sampling, tasks, tiling
+from vdm_core.contract import capabilities
 from vdm_core.guidance import area_downsample
+from vdm_core.planning import generate_plan, plan, spans
 from vdm_core.schedule import sampling_angles
+from vdm_core.settings import SamplerSettings
 from vdm_core.tasks import Job
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
@@ -48,7 +51,7 @@ def rand_clip(c=3, f=5, h=15, w=13, seed=0, scale=1.0):
     (5, 6, 4, 2), (5, 1, 4, 2), (1, 9, 4, 2), (2, 20, 16, 8), (8, 3, 16, 8), (3, 7, 5, 4), (16, 40, 16, 1),
 ])
 def test_extend_windows_write_every_new_frame_once(f, new, window, context):
-    p = tasks.plan(Gaussian(frames=window), Job(rand_clip(f=f, h=4, w=4), new_frames=new, context=context))
+    p = plan(capabilities(Gaussian(frames=window)), Job(rand_clip(f=f, h=4, w=4), new_frames=new, context=context))
     written = [i for w in p.windows for i in w.new]
     assert sorted(written) == list(range(f, f + new))  # each new frame exactly once, no input frame
     made = f
@@ -68,7 +71,7 @@ def test_extend_windows_write_every_new_frame_once(f, new, window, context):
 ])
 def test_interpolate_windows_start_and_end_on_keyframes_and_write_each_frame_once(f, k, window, overlap):
     job = Job(rand_clip(f=f, h=4, w=4), multiplier=k, overlap=overlap)
-    p = tasks.plan(Gaussian(frames=window), job)
+    p = plan(capabilities(Gaussian(frames=window)), job)
     total = (f - 1) * k + 1
     keys = set(range(0, total, k))
     written = [i for w in p.windows for i in w.new]
@@ -85,7 +88,7 @@ def test_interpolate_windows_start_and_end_on_keyframes_and_write_each_frame_onc
 
 
 def test_upscale_windows_know_every_frame_at_low_resolution_and_overlap():
-    p = tasks.plan(Gaussian(frames=4), Job(rand_clip(f=11, h=3, w=3), factor=2, overlap=2))
+    p = plan(capabilities(Gaussian(frames=4)), Job(rand_clip(f=11, h=3, w=3), factor=2, overlap=2))
     assert sorted(i for w in p.windows for i in w.new) == list(range(11))
     for prev, w in zip(p.windows, p.windows[1:]):
         assert prev.stop - w.start >= 2
@@ -94,21 +97,39 @@ def test_upscale_windows_know_every_frame_at_low_resolution_and_overlap():
 
 
 def test_composition_knows_keyframes_at_low_resolution():
-    p = tasks.plan(Gaussian(frames=16), Job(rand_clip(f=4, h=3, w=3), multiplier=3, factor=2))
+    p = plan(capabilities(Gaussian(frames=16)), Job(rand_clip(f=4, h=3, w=3), multiplier=3, factor=2))
     assert p.shape == (3, 10, 6, 6)
     assert [w.low for w in p.windows] == [(0, 3, 6, 9)] and p.windows[0].new == tuple(range(10))
 
 
 @pytest.mark.parametrize("length, tile, overlap", [(13, 8, 2), (30, 16, 4), (8, 8, 2), (5, 8, 2), (33, 8, 3)])
-def test_spans_cover_with_overlap_and_blend_weights_sum_to_one(length, tile, overlap):
-    sp = tasks.spans(length, tile, overlap)
+def test_spans_cover_with_overlap_and_blend_with_raised_cosine_ramps(length, tile, overlap):
+    """Each span weighs 1 where it is alone and crosses over to its neighbour along a raised cosine
+    (cos² ↓, sin² ↑ of π/2·(i + ½)/overlap), so neighbouring tiles hand over smoothly and the weights sum to
+    one without normalisation changing the ramp."""
+    sp = spans(length, tile, overlap)
     assert sp[0][0] == 0 and sp[-1][1] == length
     assert all(b - a == min(tile, length) for a, b in sp)
     assert all(p[1] - q[0] >= overlap for p, q in zip(sp, sp[1:]))
+    weights = tiling.blend_weights(sp)
+    covered = torch.zeros(length)
+    for (a, b), w in zip(sp, weights):
+        covered[a:b] += 1
     total = torch.zeros(length)
-    for (a, b), w in zip(sp, tasks._blend_weights(sp)):
-        assert (w > 0).all() and (w <= 1 + 1e-6).all()
-        total[a:b] += w
+    for i, ((a, b), w) in enumerate(zip(sp, weights)):
+        full = torch.zeros(length)
+        full[a:b] = w
+        total += full
+        alone = (covered == 1)[a:b]
+        assert torch.equal(w[alone], torch.ones(int(alone.sum())))
+        for other, sign in ((i + 1, -1), (i - 1, 1)):  # the ramp into the next span falls, from the previous rises
+            if 0 <= other < len(sp) and max(a, sp[other][0]) < min(b, sp[other][1]):
+                lo, hi = max(a, sp[other][0]), min(b, sp[other][1])
+                t = (torch.arange(hi - lo, dtype=torch.float64) + 0.5) / (hi - lo)
+                want = (torch.cos(0.5 * math.pi * t) ** 2 if sign < 0 else torch.sin(0.5 * math.pi * t) ** 2).float()
+                pair = covered[lo:hi] == 2  # where a third span overlaps too, the three are normalised together
+                assert pair.any()
+                torch.testing.assert_close(full[lo:hi][pair], want[pair])
     torch.testing.assert_close(total, torch.ones(length))
 
 
@@ -118,7 +139,7 @@ def test_tiled_model_equals_whole_frame_for_a_pixelwise_model_with_gradients():
     def model(z, phi):
         return torch.tanh(z) * phi.view(-1, 1, 1, 1, 1) + z ** 2
 
-    tiled = tasks.TiledModel(model, tasks.spans(17, 8, 2), tasks.spans(14, 8, 3))
+    tiled = tiling.TiledModel(model, spans(17, 8, 2), spans(14, 8, 3))
     z = torch.randn(2, 3, 4, 17, 14, requires_grad=True)
     phi = torch.tensor([0.3, 1.2])
     v = tiled(z, phi)
@@ -182,7 +203,7 @@ def test_interpolate_and_upscale_in_one_job():
     clip = rand_clip(f=3, h=5, w=3, scale=c)
     job = Job(clip, multiplier=2, factor=2, window=3)
     assert job.output_shape() == (3, 5, 10, 6)
-    out = tasks.run(Gaussian(c), job, steps=steps, guidance_weight=exact_weight(c, 2, steps))
+    out = tasks.run(Gaussian(c), job, SamplerSettings(steps=steps, guidance_weight=exact_weight(c, 2, steps)))
     assert out.shape == (3, 5, 10, 6)
     torch.testing.assert_close(area_downsample(out[None, :, ::2], 2)[0], clip, atol=1e-4, rtol=0)
 
@@ -193,15 +214,15 @@ def test_each_window_observes_input_and_earlier_windows(monkeypatch):
     seen = []
     real = sampling.sample
 
-    def recording(model, noise, angles, **kw):
+    def recording(model, noise, angles, settings, **kw):
         seen.append(kw["observation"])
-        return real(model, noise, angles, **kw)
+        return real(model, noise, angles, settings, **kw)
 
     monkeypatch.setattr(sampling, "sample", recording)
     clip = rand_clip(f=9, h=5, w=4)
     job = Job(clip, multiplier=2, window=7, overlap=3)
-    p = tasks.plan(Gaussian(), job)
-    out = tasks.run(Gaussian(), job, steps=2, method="replacement")
+    p = plan(capabilities(Gaussian()), job)
+    out = tasks.run(Gaussian(), job, SamplerSettings(steps=2, method="replacement"))
     assert len(seen) == len(p.windows) > 2
     for w, obs in zip(p.windows, seen):
         assert obs.num_frames == w.stop - w.start
@@ -216,8 +237,8 @@ def test_upscale_windows_replace_the_overlap_they_know_and_stay_on_the_input(mon
     seen = []
     real = sampling.sample
 
-    def recording(model, noise, angles, **kw):
-        x = real(model, noise, angles, **kw)
+    def recording(model, noise, angles, settings, **kw):
+        x = real(model, noise, angles, settings, **kw)
         seen.append((kw["observation"], x))
         return x
 
@@ -225,8 +246,8 @@ def test_upscale_windows_replace_the_overlap_they_know_and_stay_on_the_input(mon
     c, s = 0.25, 2
     clip = rand_clip(f=10, h=4, w=4, scale=c)
     job = Job(clip, factor=s, window=4, overlap=2)
-    p = tasks.plan(Gaussian(c), job)
-    out = tasks.run(Gaussian(c), job, steps=8, method="both", seed=3)
+    p = plan(capabilities(Gaussian(c)), job)
+    out = tasks.run(Gaussian(c), job, SamplerSettings(steps=8, seed=3))
     assert len(seen) == len(p.windows) >= 3
     for w, (obs, x) in zip(p.windows[1:], seen[1:]):
         assert w.exact and w.low and obs.selection.frame_indices == tuple(i - w.start for i in w.exact)
@@ -245,17 +266,21 @@ def test_seeds_are_deterministic_and_differ_between_seeds():
         assert torch.equal(a, b) and not torch.equal(a[:, 3:], c[:, 3:])
 
 
-def test_callback_reports_every_tile_step_and_an_exception_stops_the_job():
+def test_progress_counts_steps_moves_with_every_tile_and_an_exception_stops_the_job():
+    """Progress is in steps of the whole job (windows × steps), reported after every tile of a tiled step (a
+    fraction of the step) and with a preview at the end of each step; raising in it stops the job."""
     clip = rand_clip(f=3, h=6, w=5)
     job = Job(clip, factor=2, window=2)  # 2 windows, 2×2 tiles of 8 on 12×10 frames
     steps, model = 3, Gaussian()
-    total = tasks.total_steps(job, model, steps)
-    assert total == 2 * 4 * steps
+    total = plan(capabilities(model), job).total_steps(steps)
+    assert total == 2 * steps
     reports = []
-    tasks.run(model, job, steps=steps, callback=lambda d, t, x: reports.append((d, t, tuple(x.shape))))
-    assert [d for d, _, _ in reports] == list(range(4, total + 1, 4))
+    tasks.run(model, job, SamplerSettings(steps=steps),
+              callback=lambda d, t, x: reports.append((d, t, None if x is None else tuple(x.shape))))
+    assert [d for d, _, _ in reports] == [i + j / 4 for i in range(total) for j in (1, 2, 3, 4)]
     assert {t for _, t, _ in reports} == {total}
-    assert {x for _, _, x in reports} == {(3, 2, 12, 10)}
+    assert [x for d, _, x in reports if d == int(d)] == [(3, 2, 12, 10)] * total  # a preview ends each step
+    assert {x for d, _, x in reports if d != int(d)} == {None}
 
     class Stop(Exception):
         pass
@@ -265,15 +290,14 @@ def test_callback_reports_every_tile_step_and_an_exception_stops_the_job():
 
     model = Gaussian()
     with pytest.raises(Stop):
-        tasks.run(model, job, steps=steps, callback=stop)
-    assert model.calls == 8  # one guided step of one window: 4 tiles, each run again in the backward pass
+        tasks.run(model, job, SamplerSettings(steps=steps), callback=stop)
+    assert model.calls == 1  # stopped after the first tile's forward
 
 
 def test_generate_unconditional_then_extended():
     model = Gaussian(frames=4)
-    p = tasks.generate_plan(model, 9, 10, 9)
+    p = generate_plan(capabilities(model), 9, 10, 9)
     assert p.windows[0].exact == () and sorted(i for w in p.windows for i in w.new) == list(range(9))
-    assert tasks.total_steps((3, 9, 10, 9), model, 2) == p.total_steps(2)
     out = tasks.generate(model, 9, 10, 9, steps=2, seed=3)
     assert out.shape == (3, 9, 10, 9) and torch.equal(out, tasks.generate(Gaussian(frames=4), 9, 10, 9, steps=2, seed=3))
 
@@ -283,7 +307,7 @@ def test_tiny_unet_runs_composition_and_tiled_guidance():
     model = UNet3D(UNet3DConfig(base_width=8, width_mults=(1, 2), heads=2, resolution=8, frames=4))
     model.eval().requires_grad_(False)
     clip = rand_clip(f=2, h=4, w=3)
-    out = tasks.run(model, Job(clip, multiplier=2, factor=2), steps=2, seed=1)
+    out = tasks.run(model, Job(clip, multiplier=2, factor=2), SamplerSettings(steps=2, seed=1))
     assert out.shape == (3, 3, 8, 6) and torch.isfinite(out).all() and out.abs().max() <= 1
     out = tasks.extend(model, rand_clip(f=2, h=11, w=6), 1, steps=1, window=3)  # 2 tiles, checkpointed
     assert out.shape == (3, 3, 11, 6) and torch.isfinite(out).all()
@@ -309,7 +333,6 @@ def test_tiny_unet_runs_composition_and_tiled_guidance():
     (lambda: tasks.upscale(Gaussian(), torch.zeros(3, 2, 4, 4), 1), "factor must be at least 2"),
     (lambda: tasks.upscale(Gaussian(), torch.zeros(3, 2, 4, 4), 2, method="replacement"), "reconstruction"),
     (lambda: tasks.extend(Gaussian(), torch.zeros(3, 2, 4, 4), 2, method="magic"), "method"),
-    (lambda: tasks.extend(lambda z, p: z, torch.zeros(3, 2, 4, 4), 2), "pass window="),
     (lambda: tasks.extend(UNet3D(UNet3DConfig(base_width=8, width_mults=(1,), heads=2, channels=1)),
                           torch.zeros(3, 2, 4, 4), 2, window=2), "channels"),
 ])

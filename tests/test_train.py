@@ -3,6 +3,7 @@ data positions were saved), accumulation and data workers, validation, joint ima
 settings, progress output. Several processes: test_distributed.py."""
 import importlib.util
 import io
+import json
 import math
 import re
 import sys
@@ -12,6 +13,7 @@ from dataclasses import fields
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from vdm_core import checkpoint
 from vdm_core import train as train_module
@@ -19,7 +21,8 @@ from vdm_core.data import SpriteClips, sprite_batch
 from vdm_core.train import TrainConfig, item_noise, lr_at, train, v_loss, v_losses
 from vdm_core.train_log import TrainLog
 from vdm_core.unet3d import UNet3D, UNet3DConfig
-from vdm_core.video_io import probe, write_video
+from vdm_core.video_io import probe
+from vdm_core.video_write import write_video
 
 from train_runs import drift, initial_weights, losses, raw_weights, tiny_config
 
@@ -45,6 +48,15 @@ def test_training_lowers_the_loss(tmp_path):
     assert logs[-1] == f"wrote {path} after 30 steps"
     assert sorted(losses(logs)) == [10, 20, 30]
     assert re.fullmatch(r"step 30/30 loss [\d.]+ lr [\d.e+-]+ [\d.]+ clips/s eta 00:00", logs[-2])
+
+
+def test_a_run_that_ends_inside_the_warm_up_says_so(tmp_path):
+    logs = []
+    train(tiny_config(tmp_path, steps=2, warmup=5), log=logs.append)
+    assert any("--steps 2 ends inside the 5-step learning-rate warm-up" in line for line in logs), logs
+    logs.clear()
+    train(tiny_config(tmp_path, steps=3, warmup=2), log=logs.append)
+    assert not any("warm-up" in line for line in logs)
 
 
 def test_v_loss_of_a_zero_model_is_the_mean_square_of_v():
@@ -105,21 +117,25 @@ def test_resume_continues_the_step_count(tmp_path):
 
 
 def test_an_older_checkpoint_resumes_with_fresh_data(tmp_path):
-    """The bundled model was saved before data positions were: it resumes, on a stream it has not seen."""
-    meta, _ = checkpoint.read(checkpoint.BUNDLED)
-    assert '"position"' not in meta["train_state"]
+    """A file saved before data positions were (its train_state has no position and seed) resumes, on a
+    stream it has not seen, with its own network whatever network settings are given."""
+    first = tiny_config(tmp_path, steps=4, out=str(tmp_path / "old.safetensors"))
+    train(first)
+    meta, tensors = checkpoint.read(first.out)
+    state = {k: v for k, v in json.loads(meta["train_state"]).items() if k not in ("position", "seed")}
+    save_file(tensors, first.out, metadata={**meta, "train_state": json.dumps(state)})
     logs = []
     out = tmp_path / "more.safetensors"
-    cfg = TrainConfig(out=str(out), steps=8001, batch=2, device="cpu", resume=str(checkpoint.BUNDLED))
+    cfg = TrainConfig(out=str(out), size=8, frames=4, steps=5, batch=2, device="cpu", resume=first.out)
     train(cfg, log=logs.append)
-    assert logs[:2] == [f"resumed {checkpoint.BUNDLED} at step 8000",
-                        f"{checkpoint.BUNDLED} holds no data position (an older checkpoint): clips and noise are "
-                        f"drawn fresh, from seed 8000"]
+    assert logs[:2] == [f"resumed {first.out} at step 4",
+                        f"{first.out} holds no data position (an older checkpoint): clips and noise are "
+                        f"drawn fresh, from seed 4"]
     model = checkpoint.load(out)
-    assert model.config == checkpoint.load().config  # the network is the checkpoint's, not cfg.model's
-    assert model.training_info["steps"] == 8001
+    assert model.config == checkpoint.load(first.out).config != cfg.model  # the checkpoint's network
+    assert model.training_info["steps"] == 5
     state = checkpoint.read(out)[0]["train_state"]
-    assert '"position": 2' in state and '"seed": 8000' in state
+    assert '"position": 2' in state and '"seed": 4' in state
 
 
 def test_accumulation_and_data_workers_take_the_same_steps(tmp_path):
@@ -304,7 +320,7 @@ def test_every_setting_is_a_typed_field_with_help(cls):
 @pytest.mark.parametrize("setting, message", [
     (dict(batch=0), "--batch must be at least 1, got 0"),
     (dict(log_every=0), "--log-every must be at least 1, got 0"),
-    (dict(precision="half"), "--precision must be one of auto, fp32, bf16, fp16, got 'half'"),
+    (dict(precision="half"), "--precision must be one of auto, fp32, fp16, bf16, got 'half'"),
     (dict(crop="middle"), "--crop must be one of random, centre, got 'middle'"),
     (dict(images="x", image_ratio=1.5), "--image-ratio must be between 0 and 1"),
     (dict(ema_decay=1.0), r"--ema-decay must be in \[0, 1\), got 1.0"),

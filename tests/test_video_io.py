@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vdm_core import video_io
+from vdm_core import video_io, video_write
 from vdm_app.cli import main
-from vdm_core.video_io import Audio, VideoError, probe, read_video, write_video
+from vdm_core.video_io import Audio, VideoError, probe, read_video
+from vdm_core.video_write import write_video
 
 NTSC = Fraction(24000, 1001)
 
@@ -207,7 +208,7 @@ def test_reads_other_containers_with_packed_integer_audio(tmp_path, name, vcodec
         a = c.add_stream("pcm_s16le", rate=rate)
         a.layout = "mono"
         for i in range(6):
-            frame = av.VideoFrame.from_ndarray(video_io._rgb24(clip[:, i]), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(video_write._rgb24(clip[:, i]), format="rgb24")
             frame.pts = i
             c.mux(v.encode(frame))
         sound = av.AudioFrame.from_ndarray((wave.numpy() * 32767).astype("int16"), format="s16", layout="mono")
@@ -374,7 +375,7 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path, kind, monk
     write_video(path, indexed_clip(4), 25)
     before = sorted((p.name, p.read_bytes()) for p in ([path] if path.is_file() else path.iterdir()))
 
-    real, calls = video_io._rgb24, []
+    real, calls = video_write._rgb24, []
 
     def fail_on_second_frame(frame):
         calls.append(1)
@@ -382,7 +383,7 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path, kind, monk
             raise RuntimeError("encoder exploded")
         return real(frame)
 
-    monkeypatch.setattr(video_io, "_rgb24", fail_on_second_frame)
+    monkeypatch.setattr(video_write, "_rgb24", fail_on_second_frame)
     with pytest.raises(RuntimeError, match="encoder exploded"):
         write_video(path, smooth_clip(frames=4), 25)
     assert len(calls) == 2
@@ -393,7 +394,7 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path, kind, monk
 
 def test_writes_go_through_a_hidden_temp_name_in_the_same_folder(tmp_path, monkeypatch):
     renames, real = [], os.replace
-    monkeypatch.setattr(video_io.os, "replace", lambda a, b: (renames.append((a, b)), real(a, b)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (renames.append((a, b)), real(a, b)))
     write_video(tmp_path / "clip.mp4", smooth_clip(frames=2), 24)
     write_video(tmp_path / "sub" / "frames", smooth_clip(frames=2), 24)  # missing parents are made
     (src, dst), (src2, dst2) = renames

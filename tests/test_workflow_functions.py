@@ -1,21 +1,21 @@
-"""vdm_app.jobs: the node functions (called through the node spec, with its defaults, as every front end
+"""vdm_app.node_functions: the node functions (called through the node spec, with its defaults, as every front end
 calls them) on the CPU with a tiny random checkpoint at 1–2 steps."""
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from vdm_app import jobs as wf, spec
-from vdm_core import checkpoint, tasks
+from vdm_app import clips, models, node_functions, spec
+from vdm_core import checkpoint, precision, tasks
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
 TINY = UNet3DConfig(base_width=8, width_mults=(1, 2), heads=2, resolution=8, frames=4)
-HOOKS = {"progress", "check_interrupt", "load_model_to_device", "oom_errors", "resolve_path", "device"}
+HOOKS = {"progress", "load_model_to_device", "oom_errors", "resolve_path", "device"}
 
 
 def node(node_id, **values):
-    """Run a node as the front ends do: ``jobs.run_node`` with the given inputs (and host hooks)."""
+    """Run a node as the front ends do: ``node_functions.run_node`` with the given inputs (and host hooks)."""
     hooks = {k: values.pop(k) for k in list(values) if k in HOOKS}
-    return wf.run_node(node_id, values, **hooks)
+    return node_functions.run_node(node_id, values, **hooks)
 
 
 def load(model_name, dtype="auto", **hooks):
@@ -54,10 +54,10 @@ def audio(samples=60, rate=40):
 def test_image_to_clip_and_back():
     image = torch.rand(5, 6, 7, 3)
     before = image.clone()
-    clip = wf.image_to_clip(image)
+    clip = clips.image_to_clip(image)
     assert clip.shape == (3, 5, 6, 7) and clip.dtype == torch.float32
     assert torch.allclose(clip[:, 2, 3, 4], image[2, 3, 4] * 2 - 1)
-    back = wf.clip_to_image(clip)
+    back = clips.clip_to_image(clip)
     assert back.shape == image.shape and back.is_contiguous()
     assert torch.allclose(back, image, atol=1e-6)
     assert torch.equal(image, before)  # input untouched
@@ -65,17 +65,17 @@ def test_image_to_clip_and_back():
 
 def test_one_frame_keeps_its_frame_axis():
     image = torch.rand(1, 4, 4, 3)
-    clip = wf.image_to_clip(image)
+    clip = clips.image_to_clip(image)
     assert clip.shape == (3, 1, 4, 4)
-    assert wf.clip_to_image(clip).shape == (1, 4, 4, 3)
-    assert wf.clip_to_image(torch.zeros(3, 1, 2, 2)).shape == (1, 2, 2, 3)
+    assert clips.clip_to_image(clip).shape == (1, 4, 4, 3)
+    assert clips.clip_to_image(torch.zeros(3, 1, 2, 2)).shape == (1, 2, 2, 3)
 
 
 def test_conversion_maps_ranges_and_clamps():
     image = torch.tensor([0.0, 1.0, 1.5, -0.2]).reshape(4, 1, 1, 1).expand(4, 1, 1, 3)
-    clip = wf.image_to_clip(image)
+    clip = clips.image_to_clip(image)
     assert clip[0, :, 0, 0].tolist() == [-1.0, 1.0, 1.0, -1.0]
-    assert wf.clip_to_image(torch.full((3, 1, 1, 1), 2.0)).max() == 1.0
+    assert clips.clip_to_image(torch.full((3, 1, 1, 1), 2.0)).max() == 1.0
 
 
 @pytest.mark.parametrize("image, message", [
@@ -85,12 +85,12 @@ def test_conversion_maps_ranges_and_clamps():
 ])
 def test_bad_images_name_the_input(image, message):
     with pytest.raises(ValueError, match=message) as e:
-        wf.image_to_clip(image, name="frames")
+        clips.image_to_clip(image, name="frames")
     assert "frames" in str(e.value)
 
 
 def test_preview_strip_is_visible_for_tiny_clips():
-    pic = wf.preview_strip(torch.rand(4, 8, 8, 3))
+    pic = clips.preview_strip(torch.rand(4, 8, 8, 3))
     assert pic.mode == "RGB" and pic.height >= 128 and pic.width == 4 * pic.height
 
 
@@ -99,11 +99,11 @@ def test_preview_strip_is_visible_for_tiny_clips():
 
 def test_load_model_dtypes(tiny_path):
     m = load(str(tiny_path), "auto")[0]
-    assert isinstance(m, wf.VDMModel) and m.network.dtype == torch.float32 and m.network.device.type == "cpu"
+    assert isinstance(m, models.VDMModel) and m.network.dtype == torch.float32 and m.network.device.type == "cpu"
     assert load(str(tiny_path), "bf16")[0].network.dtype == torch.bfloat16
-    assert wf.resolve_dtype("auto", "cpu") == torch.float32
-    with pytest.raises(ValueError, match="dtype must be one of"):
-        wf.resolve_dtype("fp8")
+    assert precision.resolve("auto", "cpu") == torch.float32
+    with pytest.raises(ValueError, match="must be one of auto, fp32, fp16, bf16"):
+        precision.resolve("fp8", "cpu")
 
 
 def test_load_model_under_inference_mode_gives_normal_weights(tiny_path):
@@ -218,7 +218,7 @@ def test_extend_sample_under_inference_mode(model, sprites):
     assert out_fps == 12.0 and out_audio["waveform"].shape[-1] == round(5 / 12 * 40)
     total = calls[0][1]
     assert [c[0] for c in calls] == list(range(1, total + 1)) and all(c[1] == total for c in calls)
-    assert all(c[2][1:] == (8, 8, 3) and 1 <= c[2][0] <= wf.PREVIEW_FRAMES for c in calls)
+    assert all(c[2][1:] == (8, 8, 3) and 1 <= c[2][0] <= clips.PREVIEW_FRAMES for c in calls)
 
 
 def test_interpolate_upscale_and_factor_3(model, sprites):
@@ -252,25 +252,25 @@ def test_progress_can_cancel(model):
         sample(model, None, length=2, width=8, height=8, steps=3, progress=cancel)
 
 
-def test_interrupt_check_before_every_tile(model):
-    calls, steps = [], []
-    sample(model, None, length=2, width=16, height=16, steps=2, check_interrupt=lambda: calls.append(1),
-                     progress=lambda d, t, p: steps.append(d))
-    assert len(calls) == 9 * 2 and steps == [9, 18]  # 3×3 tiles of 8 px per step
+def test_progress_moves_with_every_tile_and_cancels_inside_a_step(model):
+    """A host's cancel check lives in its progress hook: it runs after every tile, so a tiled step stops within
+    one tile; the bar counts steps (2 here), not tile-steps."""
+    reports = []
+    sample(model, None, length=2, width=16, height=16, steps=2, progress=lambda d, t, p: reports.append((d, t)))
+    assert reports == [(i + j / 9, 2) for i in range(2) for j in range(1, 10)]  # 3×3 tiles of 8 px per step
 
     class Cancelled(Exception):
         pass
 
-    def cancel_at_fifth():
-        calls.append(1)
-        if len(calls) == 5:
+    def cancel_at_fifth(done, total, preview):
+        reports.append(done)
+        if len(reports) == 5:
             raise Cancelled
 
-    calls.clear(), steps.clear()
+    reports.clear()
     with pytest.raises(Cancelled):
-        sample(model, None, length=2, width=16, height=16, steps=2, check_interrupt=cancel_at_fifth,
-                         progress=lambda d, t, p: steps.append(d))
-    assert steps == []  # stopped inside the first step
+        sample(model, None, length=2, width=16, height=16, steps=2, progress=cancel_at_fifth)
+    assert reports[-1] < 1  # stopped inside the first step
 
 
 def test_device_hook_is_used(model):
@@ -282,7 +282,7 @@ def test_device_hook_is_used(model):
 
     sample(model, None, length=2, width=8, height=8, steps=1, load_model_to_device=load)
     assert len(seen) == 1 and seen[0] > 0
-    assert wf.move_to("cpu")(model, 0) is model.network
+    assert models.move_to("cpu")(model, 0) is model.network
 
 
 def test_out_of_memory_retries_smaller_then_names_settings(model, sprites, monkeypatch):
@@ -293,11 +293,11 @@ def test_out_of_memory_retries_smaller_then_names_settings(model, sprites, monke
     (job,) = node("VDM_ExtendClip", frames=images, fps=fps, new_frames=2)
     tried, real_run = [], tasks.run
 
-    def run(network, job, **kw):
+    def run(network, job, *args, **kw):
         tried.append((job.window, job.tile))
         if len(tried) < 2:
             raise FakeOOM("CUDA out of memory")
-        return real_run(network, job, **kw)
+        return real_run(network, job, *args, **kw)
 
     monkeypatch.setattr(tasks, "run", run)
     out = sample(model, job, steps=1, oom_errors=(FakeOOM,))[0]
@@ -320,7 +320,7 @@ def test_every_node_has_a_function_whose_inputs_are_the_spec_inputs():
     for node_id, n in spec.NODES.items():
         if n.host_only:  # its function needs the host (ComfyUI): it lives in nodes/
             continue
-        params = inspect.signature(getattr(wf, n.function)).parameters
+        params = inspect.signature(node_functions.FUNCTIONS[node_id]).parameters
         names = {i.name for i in n.inputs}
         assert names <= set(params), node_id
         assert all(params[k].default is inspect.Parameter.empty for k in names), node_id
@@ -332,7 +332,7 @@ def test_guidance_weight_auto_is_the_tuned_weight_for_the_job(model, sprites, mo
 
     images, fps = sprites
     seen, real = [], sampling.sample
-    monkeypatch.setattr(sampling, "sample", lambda *a, **kw: seen.append(kw["guidance_weight"]) or real(*a, **kw))
+    monkeypatch.setattr(sampling, "sample", lambda *a, **kw: seen.append(a[3].guidance_weight) or real(*a, **kw))
     for job, auto in ((node("VDM_ExtendClip", frames=images, fps=fps, new_frames=1)[0], 16.0),
                       (node("VDM_UpscaleVideo", frames=images[:1], fps=fps, factor=2)[0], 16.0),
                       (node("VDM_UpscaleVideo", frames=images[:1, :2, :2], fps=fps, factor=4)[0], 64.0)):

@@ -9,26 +9,26 @@ host-only Use ComfyUI Model node — so their API twins are checked for structur
 its spec, every core node has its inputs), and ``vdm run`` must refuse them with a pointer to ComfyUI;
 tests/harness/ runs them in the real ComfyUI.
 """
-import asyncio
 import base64
 import hashlib
+import io
 import socket
-import importlib.util
 import json
-import sys
+import tempfile
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import torch
+from PIL import Image
 
 import comfy_stubs
-from vdm_app import cli, executor, graph
-from vdm_core import checkpoint, data, video_io
+from comfy_pack import stubbed_pack
+from vdm_app import cli, executor, graph, pool, remote
+from vdm_core import checkpoint, data, video_io, video_write
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,14 +65,8 @@ TINY = UNet3DConfig(base_width=8, width_mults=(1, 2), heads=2, resolution=16, fr
 def schemas(tmp_path_factory):
     """{node_id: Schema} of the pack's nodes, imported the way ComfyUI imports it (with stand-in modules)."""
     models = tmp_path_factory.mktemp("models")
-    with mock.patch.dict(sys.modules, comfy_stubs.modules(str(models))):
-        name = "custom_nodes_comfyui-vdm_workflows"
-        spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-        return {n.GET_SCHEMA().node_id: n.GET_SCHEMA() for n in nodes}
+    with stubbed_pack(comfy_stubs.modules(str(models)), name="custom_nodes_comfyui-vdm_workflows") as (_, _, nodes):
+        return {node_id: n.GET_SCHEMA() for node_id, n in nodes.items()}
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +252,7 @@ def test_demo_writes_the_extend_example(tiny, tmp_path, monkeypatch):
 def write_clips(folder, seeds, frames=4):
     folder.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
-        video_io.write_video(folder / f"clip{seed}.mp4", data.sprite_clip(seed, size=16, frames=frames), fps=8)
+        video_write.write_video(folder / f"clip{seed}.mp4", data.sprite_clip(seed, size=16, frames=frames), fps=8)
 
 
 def test_batch_over_a_folder_resumes(tiny, tmp_path, capsys):
@@ -371,12 +365,14 @@ def test_numbered_names_follow_comfyui(tmp_path):
 
 class FakeComfy:
     """Just the parts of ComfyUI's HTTP API that `vdm run --server` uses: /upload/image, /prompt, /ws (progress
-    messages, a binary preview frame, then "executing" with node None), /history/<id> and /view."""
+    messages, a binary preview frame, then "executing" with node None), /history/<id> and /view. Each prompt
+    "writes" a real 2-frame mp4 of its own (``made[prompt id]``: its bytes)."""
 
-    def __init__(self, fail_node=None, reject=False, delay=0.0, die_on=None):
-        self.uploads, self.prompts, self.history, self.files = {}, [], {}, {}
+    def __init__(self, fail_node=None, reject=False, delay=0.0, die_on=None, cut=None):
+        self.uploads, self.prompts, self.history, self.files, self.made = {}, [], {}, {}, {}
         self.fail_node, self.reject, self.sockets, self.connections = fail_node, reject, [], []
         self.delay, self.die_on = delay, die_on  # seconds per prompt; the prompt number during which it dies
+        self.cut = cut  # a path prefix ("/view", "/history"): its replies stop after a quarter of their bytes
         self.stopped = threading.Event()
         fake = self
 
@@ -392,6 +388,10 @@ class FakeComfy:
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                if fake.cut and self.path.startswith(fake.cut):  # the connection drops mid-body
+                    self.wfile.write(data[:len(data) // 4])
+                    self.close_connection = True
+                    return
                 self.wfile.write(data)
 
             def do_GET(self):
@@ -475,7 +475,7 @@ class FakeComfy:
                                  "outputs": {}}
             return
         name = f"{prompt[save]['inputs']['filename_prefix'].split('/')[-1]}_{len(self.prompts):05d}_.mp4"
-        self.files[("vdm", name)] = f"video of prompt {pid}".encode()
+        self.files[("vdm", name)] = self.made[pid] = video_bytes(int(pid[:8], 16))
         self.history[pid] = {"status": {"status_str": "success", "completed": True, "messages": []},
                              "outputs": {save: {"images": [{"filename": name, "subfolder": "vdm", "type": "output"}],
                                                 "animated": [True]}}}
@@ -484,6 +484,33 @@ class FakeComfy:
         self.stopped.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def video_bytes(seed: int, suffix=".mp4") -> bytes:
+    """A real 2-frame 16x16 clip (sprite clip ``seed``) as the bytes of a file."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"clip{suffix}"
+        video_write.write_video(path, data.sprite_clip(seed, size=16, frames=2), fps=8)
+        return path.read_bytes()
+
+
+def finishes(fn, *args, seconds=60, **kwargs):
+    """``fn(*args, **kwargs)``, failing the test instead of hanging it when it has not returned within ``seconds``."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # handed to the test below
+            result["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{fn.__name__} did not return within {seconds} s: it hangs"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def test_server_mode_uploads_follows_progress_and_downloads(tmp_path, capsys):
@@ -500,7 +527,7 @@ def test_server_mode_uploads_follows_progress_and_downloads(tmp_path, capsys):
         assert all(next(v for v in p.values() if v["class_type"] == "VDM_SampleDDIMv")["inputs"]["steps"] == 3
                    for p in fake.prompts)
         assert sorted(p.name for p in out.iterdir()) == ["clip1.mp4", "clip2.mp4"]
-        assert (out / "clip1.mp4").read_bytes().startswith(b"video of")
+        assert (out / "clip1.mp4").read_bytes() == fake.made[next(iter(fake.history))]
         err = capsys.readouterr().err
         assert "100%" in err and "2/2" in err and "no websocket" not in err
         assert vdm(*args) == 0 and len(fake.prompts) == 2  # everything there: nothing queued again
@@ -560,12 +587,13 @@ def test_server_pool_runs_every_clip_once_and_survives_a_dying_server(tmp_path, 
     try:
         args = ["run", ROOT / "workflows" / "api" / "extend_video.json", "--server", a.url, "--server", b.url,
                 "--input-dir", clips, "--output-dir", out, "--set", "steps=3"]
-        assert vdm(*args) == 0
+        assert finishes(vdm, *args) == 0
         names = sorted(p.name for p in out.iterdir())
         assert names == [f"clip{i}.mp4" for i in range(1, 7)]
         done = {pid for f in (a, b) for pid, h in f.history.items() if h["status"]["status_str"] == "success"}
         assert len(done) == 6  # every clip ran to the end exactly once
-        assert {(out / n).read_bytes().decode().split()[-1] for n in names} == done
+        made = {video: pid for f in (a, b) for pid, video in f.made.items()}
+        assert {made[(out / n).read_bytes()] for n in names} == done
         assert len(b.prompts) == 2 and len(a.prompts) == 5  # b's lost clip went to a
         err = capsys.readouterr().err
         assert f"giving up on {b.url}" in err and "queued again for another server" in err and "6/6" in err
@@ -582,11 +610,129 @@ def test_server_pool_fails_a_clip_only_when_every_server_failed_it(tmp_path, cap
     write_clips(clips, [1, 2], frames=2)
     a, b = FakeComfy(fail_node=True), FakeComfy(fail_node=True)
     try:
-        assert vdm("run", ROOT / "workflows" / "api" / "extend_video.json", "--server", a.url, "--server", b.url,
-                   "--input-dir", clips, "--output-dir", out) == 1
+        assert finishes(vdm, "run", ROOT / "workflows" / "api" / "extend_video.json", "--server", a.url, "--server",
+                        b.url, "--input-dir", clips, "--output-dir", out) == 1
         assert len(a.prompts) == len(b.prompts) == 2  # each clip was tried on both
         err = capsys.readouterr().err
         assert "2 clip(s) failed" in err and "out of memory" in err
     finally:
         a.close()
         b.close()
+
+
+def png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name, body", [("out.mp4", lambda: video_bytes(1)), ("out.png", png_bytes)],
+                         ids=["mp4", "png"])
+def test_download_saves_a_complete_readable_file(name, body, tmp_path):
+    fake = FakeComfy()
+    fake.files[("vdm", name)] = body()
+    try:
+        item = {"filename": name, "subfolder": "vdm", "type": "output"}
+        assert finishes(remote.Server(fake.url).download, item, tmp_path / name) == tmp_path / name
+        assert (tmp_path / name).read_bytes() == body()
+        assert [p.name for p in tmp_path.iterdir()] == [name]
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("name, body, cut, message", [
+    ("out.mp4", lambda: video_bytes(1), "/view", r"cut off after [\d,]+ of [\d,]+ bytes"),
+    ("out.png", png_bytes, "/view", r"cut off after [\d,]+ of [\d,]+ bytes"),
+    ("out.mp4", lambda: video_bytes(1)[:-200], None, "not a readable mp4"),  # all bytes came; the file is cut
+    ("out.mp4", lambda: b"not a video" * 100, None, "not a readable mp4"),
+    ("out.png", lambda: png_bytes()[:-20], None, "not a readable png"),
+], ids=["mp4-cut-off", "png-cut-off", "mp4-truncated", "mp4-garbage", "png-truncated"])
+def test_download_refuses_a_cut_off_or_unreadable_file(name, body, cut, message, tmp_path):
+    fake = FakeComfy(cut=cut)
+    fake.files[("vdm", name)] = body()
+    try:
+        item = {"filename": name, "subfolder": "vdm", "type": "output"}
+        with pytest.raises(graph.WorkflowError, match=message):
+            finishes(remote.Server(fake.url).download, item, tmp_path / name)
+        assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("cut", ["/view", "/history"])
+def test_server_pool_requeues_a_clip_whose_reply_was_cut_off(cut, tmp_path, capsys):
+    clips, out = tmp_path / "in", tmp_path / "out"
+    write_clips(clips, [1, 2, 3], frames=2)
+    good, bad = FakeComfy(delay=0.3), FakeComfy(cut=cut)
+    try:
+        assert finishes(vdm, "run", ROOT / "workflows" / "api" / "extend_video.json", "--server", good.url,
+                        "--server", bad.url, "--input-dir", clips, "--output-dir", out) == 0
+        names = sorted(p.name for p in out.iterdir())
+        assert names == ["clip1.mp4", "clip2.mp4", "clip3.mp4"]  # no temporary files either
+        assert len(good.prompts) == 3 and bad.prompts  # the bad server had clips; each ran once on the good one
+        assert sorted((out / n).read_bytes() for n in names) == sorted(good.made.values())
+        err = capsys.readouterr().err
+        assert "queued again for another server" in err and "3/3" in err
+    finally:
+        good.close()
+        bad.close()
+
+
+def test_server_pool_requeues_a_clip_after_any_error(tmp_path, monkeypatch):
+    servers = [remote.Server("http://127.0.0.1:1"), remote.Server("http://127.0.0.1:2")]
+    clips = [pool.Clip(tmp_path / f"clip{i}.mp4", {}, {}) for i in (1, 2, 3)]
+
+    def run_on_server(server, prompt, outputs, log):
+        if server.url.endswith(":1"):
+            raise KeyError("prompt_id")  # not a WorkflowError nor an OSError
+        threading.Event().wait(0.05)
+        return [tmp_path / f"{server.url[-1]}-{len(prompt)}"]
+
+    monkeypatch.setattr(pool, "run_on_server", run_on_server)
+    written, failed = finishes(pool.run_pool, servers, clips, seconds=30,
+                               log=lambda msg: None, under=lambda item: tmp_path)
+    assert failed == [] and len(written) == 3 and all(p.name.startswith("2-") for p in written)
+    assert all(c.failed_on <= {"http://127.0.0.1:1"} for c in clips)
+
+
+def test_one_server_batch_fails_a_clip_on_any_error_and_goes_on(tmp_path, monkeypatch, capsys):
+    """A malformed reply (here a KeyError) fails that clip only; the other clips of the folder still run."""
+    from vdm_app import batch
+
+    clips, out = tmp_path / "in", tmp_path / "out"
+    write_clips(clips, [1, 2], frames=2)
+    ran = []
+
+    def run_on_server(server, prompt, outputs, log):
+        ran.append(1)
+        if len(ran) == 1:
+            raise KeyError("prompt_id")
+        return []
+
+    monkeypatch.setattr(batch, "run_on_server", run_on_server)
+    assert vdm("run", ROOT / "workflows" / "api" / "extend_video.json", "--input-dir", clips, "--output-dir", out,
+               "--server", "http://127.0.0.1:1") == 1
+    err = capsys.readouterr().err
+    assert len(ran) == 2 and "FAILED clip1.mp4: KeyError" in err and "1 clip(s) failed: clip1.mp4" in err
+
+
+@pytest.mark.parametrize("cut", ["/view", "/history"])
+def test_a_clip_cut_off_on_its_server_fails_and_runs_again_on_rerun(cut, tmp_path, capsys):
+    clips, out = tmp_path / "in", tmp_path / "out"
+    write_clips(clips, [1], frames=2)
+    args = ["run", ROOT / "workflows" / "api" / "extend_video.json", "--input-dir", clips, "--output-dir", out]
+    bad = FakeComfy(cut=cut)
+    try:
+        assert finishes(vdm, *args, "--server", bad.url) == 1
+        err = capsys.readouterr().err
+        assert "FAILED clip1.mp4" in err and "1 clip(s) failed: clip1.mp4" in err
+        assert not out.exists() or list(out.iterdir()) == []
+    finally:
+        bad.close()
+    good = FakeComfy()
+    try:
+        assert finishes(vdm, *args, "--server", good.url) == 0  # the rerun runs the clip again
+        assert [p.name for p in out.iterdir()] == ["clip1.mp4"]
+        assert (out / "clip1.mp4").read_bytes() == next(iter(good.made.values()))
+    finally:
+        good.close()

@@ -106,4 +106,9 @@ def run_workflow(path, sets=(), *, input_dir=None, output_dir=".", servers=(), d
         except (WorkflowError, OSError, ValueError, MemoryError, FloatingPointError) as e:
             log(f"FAILED {clip.name}: {e}")
             failed.append((clip, str(e)))
+        except Exception as e:  # a server's malformed reply fails its clip, as in a pool; never the batch
+            if remote is None:
+                raise
+            log(f"FAILED {clip.name}: {type(e).__name__}: {e}")
+            failed.append((clip, f"{type(e).__name__}: {e}"))
     return written, failed

@@ -2,7 +2,7 @@
 
 The job commands are the nodes on the command line: their flags are built from the node spec
 (``vdm_app.spec``: same names, defaults, ranges and help as the ComfyUI widgets) and they run the same job
-functions (``vdm_app.jobs``) through ``jobs.run_node``. ``vdm train``'s flags are built from the fields of
+functions (``vdm_app.node_functions``) through ``node_functions.run_node``. ``vdm train``'s flags are built from the fields of
 ``vdm_core.train.TrainConfig`` and its network config. Every input is checked, and the output path too,
 before any compute is spent; an error a user can cause is one line naming the input and what to do.
 """
@@ -19,6 +19,8 @@ from . import spec
 
 SHORT = {"--multiplier": "-k", "--factor": "-s"}
 """Short aliases of spec flags."""
+CLI_MODEL_HINT = ("give --model the path of a .safetensors checkpoint written by vdm train, or leave --model out "
+                  "for the bundled model")
 
 
 # ---------------------------------------------------------------------------------------------- flags from the spec
@@ -111,32 +113,34 @@ def _input_args(p) -> None:
 
 def _run_job(args, label: str, job_node: str | None) -> None:
     """Check everything, read the input, load the model, sample the job (or a new clip), write the output."""
-    from . import jobs
-    from .executor import _resolve_model
-    from .lib import ProgressBar, video_io
+    from . import clips, models, node_functions
+    from .executor import model_path
+    from .lib import ProgressBar, video_write
 
     load, sample = spec_values(args, "VDM_LoadModel"), spec_values(args, "VDM_SampleDDIMv")
     settings = spec_values(args, job_node) if job_node else {}
-    video_io.output_target(args.out)  # refuse a bad output path before any compute
+    video_write.output_target(args.out)  # refuse a bad output path before any compute
     device = _device(args)
     if load["model_name"] != spec.BUNDLED_NAME:
-        _resolve_model(load["model_name"])
+        model_path(load["model_name"], CLI_MODEL_HINT)
     if job_node:
         for name, minimum in (("start", 0), ("max_frames", 1), ("short_side", 1)):
             value = getattr(args, name)
             if value is not None and value < minimum:
                 raise spec.InputError("", f"--{name.replace('_', '-')}", f"must be at least {minimum}, got {value}")
-        images, fps, audio = jobs.read_clip(args.input, start=args.start, max_frames=args.max_frames,
+        images, fps, audio = clips.read_clip(args.input, start=args.start, max_frames=args.max_frames,
                                             short_side=args.short_side)
-        (job,) = jobs.run_node(job_node, {"frames": images, "fps": fps, "audio": audio, **settings})
+        (job,) = node_functions.run_node(job_node, {"frames": images, "fps": fps, "audio": audio, **settings})
     else:
         job = None
-    (model,) = jobs.run_node("VDM_LoadModel", load, resolve_path=_resolve_model, device=device)
-    images, fps, audio = jobs.run_node("VDM_SampleDDIMv", {**sample, "model": model, "job": job},
-                                   progress=ProgressBar(f"vdm {label}"), load_model_to_device=jobs.move_to(device))
+    (model,) = node_functions.run_node("VDM_LoadModel", load, resolve_path=lambda name: model_path(name, CLI_MODEL_HINT),
+                                       device=device)
+    images, fps, audio = node_functions.run_node("VDM_SampleDDIMv", {**sample, "model": model, "job": job},
+                                                 progress=ProgressBar(f"vdm {label}"),
+                                                 load_model_to_device=models.move_to(device))
     if job is None and args.fps is not None:
         fps = args.fps
-    print(jobs.write_clip(args.out, images, fps, audio))
+    print(clips.write_clip(args.out, images, fps, audio))
 
 
 def add_sample(sub) -> None:
@@ -225,9 +229,8 @@ def _train(args) -> None:
     training.train(config_from_args(training.TrainConfig, args))
 
 
-def add_train(sub) -> None:
-    from .lib import train as training
-
+def add_train(sub, flags: bool = True) -> None:
+    """``vdm train``; its flags (``TrainConfig``'s fields, which need torch) only when ``flags``."""
     p = sub.add_parser("train", help="train a model on moving sprites or a folder of clips (one process, or many "
                        "under torchrun)",
                        description="Train a VDM (v-loss) and write a safetensors checkpoint. Defaults fit a "
@@ -235,7 +238,10 @@ def add_train(sub) -> None:
                                    "setting of vdm_core.train.TrainConfig is a flag. Under torchrun "
                                    "(torchrun --nproc-per-node N -m vdm_app train ...) it trains one model "
                                    "across N processes with the same global --batch.")
-    add_dataclass_flags(p, training.TrainConfig, skip=("model.resolution", "model.frames", "model.channels"))
+    if flags:
+        from .lib import train as training
+
+        add_dataclass_flags(p, training.TrainConfig, skip=("model.resolution", "model.frames", "model.channels"))
     p.set_defaults(func=_train)
 
 
@@ -314,9 +320,9 @@ def example(name: str) -> Path:
 def _demo(args) -> int:
     from .executor import accepts, run_prompt
     from .graph import apply_sets, load_prompt
-    from .lib import video_io
+    from .lib import video_write
 
-    video_io.output_target(args.out)
+    video_write.output_target(args.out)
     prompt = load_prompt(example("extend"))
     if args.steps is not None:
         prompt = apply_sets(prompt, [f"steps={int(args.steps)}"], accepts)
@@ -339,11 +345,13 @@ def add_demo(sub) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(train_flags: bool = True) -> argparse.ArgumentParser:
+    """The ``vdm`` command line; ``train_flags=False`` leaves out ``vdm train``'s flags (they import torch, which a
+    help text or another command does not need)."""
     p = argparse.ArgumentParser(prog="vdm", description="Video Diffusion Models: sample, extend, interpolate and "
                                 "upscale clips; train models.")
     sub = p.add_subparsers(dest="command", required=True)
-    add_train(sub)
+    add_train(sub, train_flags)
     add_info(sub)
     add_run(sub)
     add_demo(sub)
@@ -363,7 +371,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser(train_flags=bool(argv) and argv[0] == "train").parse_args(argv)
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

@@ -1,6 +1,6 @@
 """``vdm run`` without ComfyUI: execute a prompt graph of this pack's nodes and ComfyUI's core video nodes.
 
-Each VDM node runs the same job function its ComfyUI node calls (``jobs.run_node``); the core video nodes the
+Each VDM node runs the same node function its ComfyUI node calls (``node_functions.run_node``); the core video nodes the
 examples use run through small adapters here:
 
 * ``LoadVideo`` (``file``: a path; relative paths are taken from the current folder) → VIDEO
@@ -11,7 +11,7 @@ examples use run through small adapters here:
 
 Everything a user can get wrong is checked before the first node runs: node types and input names,
 every value against the node spec (``spec.check_value``: type, range, finite numbers, choices), and
-every output file the save nodes will write (``video_io.output_target``). Outputs are written
+every output file the save nodes will write (``video_write.output_target``). Outputs are written
 atomically. A single run names files the ComfyUI way, ``<output dir>/<filename_prefix>_00001_.mp4``.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import jobs, spec
+from . import clips, models, node_functions, spec
 from .graph import OUTPUT_NODES, WorkflowError, check_prompt, execution_order, is_link, title
-from .lib import ProgressBar, video_io
+from .lib import ProgressBar, video_write
 
 SAVE_FORMATS = {"auto": ".mp4", "mp4": ".mp4", "webm": ".webm"}
 SAVE_CODECS = {".mp4": ("auto", "h264"), ".webm": ("auto", "vp9")}
@@ -54,7 +54,7 @@ def load_video(file: str) -> tuple[Video]:
     if not path.exists():
         raise FileNotFoundError(f"LoadVideo: {path} does not exist; give a clip with --set file=PATH, or "
                                 "--input-dir FOLDER to run the workflow on every clip in a folder")
-    return (Video(*jobs.read_clip(path)),)
+    return (Video(*clips.read_clip(path)),)
 
 
 def get_video_components(video: Video) -> tuple:
@@ -68,7 +68,7 @@ def create_video(images: Tensor, fps: float, audio: dict | None = None, bit_dept
     """CreateVideo: frames + frame rate (+ sound) → VIDEO (8-bit only headless)."""
     if int(bit_depth) != 8:
         raise WorkflowError(f"CreateVideo: vdm run writes 8-bit video; set bit_depth to 8 (got {bit_depth})")
-    jobs.image_to_clip(images, "CreateVideo images")  # checks the layout early
+    clips.image_to_clip(images, "CreateVideo images")  # checks the layout early
     return (Video(images, float(fps), audio),)
 
 
@@ -126,11 +126,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _resolve_model(name: str) -> Path:
+RUN_MODEL_HINT = (f"give the path of a .safetensors checkpoint written by vdm train (--set model_name=PATH), or "
+                  f"'{spec.BUNDLED_NAME}'")
+
+
+def model_path(name: str, how: str = RUN_MODEL_HINT) -> Path:
+    """The checkpoint file a ``model_name`` names (any name but the bundled model's is a path); a FileNotFoundError
+    saying what is wrong with it and ``how`` to give another (the front end's way)."""
     path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"Load VDM: no file {str(path)!r} exists; {how}")
     if not path.is_file():
-        raise FileNotFoundError(f"Load VDM: model {name!r} is neither '{spec.BUNDLED_NAME}' nor a checkpoint "
-                                f"file; give a .safetensors path (e.g. --set model_name=PATH)")
+        raise FileNotFoundError(f"Load VDM: {str(path)!r} is a folder, not a checkpoint file; {how}")
     return path
 
 
@@ -148,7 +155,7 @@ def save_settings(nid: str, inputs: dict) -> tuple[str, str]:
 
 
 def output_paths(prompt: dict, order: list[str], save: Namer) -> dict[str, Path]:
-    """``{save node id: the file it will write}``, each checked as a video target (``video_io.output_target``)."""
+    """``{save node id: the file it will write}``, each checked as a video target (``video_write.output_target``)."""
     paths = {}
     for nid in order:
         node = prompt[nid]
@@ -156,7 +163,7 @@ def output_paths(prompt: dict, order: list[str], save: Namer) -> dict[str, Path]
             prefix, suffix = save_settings(nid, node.get("inputs", {}))
             path = save(nid, prefix, suffix)
             try:
-                video_io.output_target(path)
+                video_write.output_target(path)
             except ValueError as e:
                 raise WorkflowError(f"SaveVideo (node {nid}): {e}") from None
             paths[nid] = path
@@ -195,10 +202,10 @@ def run_prompt(prompt: dict, save: Namer, *, device=None, log=None) -> list[Path
             elif ct in CORE_FUNCTIONS:
                 results[nid] = tuple(CORE_FUNCTIONS[ct](**{k: v for k, v in kwargs.items() if k not in UI_ONLY}))
             else:
-                hooks = {"VDM_LoadModel": {"resolve_path": _resolve_model, "device": device},
+                hooks = {"VDM_LoadModel": {"resolve_path": model_path, "device": device},
                          "VDM_SampleDDIMv": {"progress": ProgressBar(title(nid, node)),
-                                             "load_model_to_device": jobs.move_to(device)}}.get(ct, {})
-                results[nid] = tuple(jobs.run_node(ct, kwargs, **hooks))
+                                             "load_model_to_device": models.move_to(device)}}.get(ct, {})
+                results[nid] = tuple(node_functions.run_node(ct, kwargs, **hooks))
         except TypeError as e:  # a missing required input of a core node
             raise WorkflowError(f"{title(nid, node)}: {e}") from None
         except spec.InputError as e:
@@ -210,7 +217,7 @@ def run_prompt(prompt: dict, save: Namer, *, device=None, log=None) -> list[Path
 def _save_video(nid: str, path: Path, video) -> Path:
     if not isinstance(video, Video):
         raise WorkflowError(f"SaveVideo (node {nid}): video must come from CreateVideo or LoadVideo")
-    return jobs.write_clip(path, video.images, video.fps, video.audio)
+    return clips.write_clip(path, video.images, video.fps, video.audio)
 
 
 def numbered_name(output_dir) -> Namer:

@@ -2,8 +2,9 @@
 
 One worker thread per server takes the next clip it has not failed yet, runs it there
 (``remote.run_on_server``) and downloads its outputs (atomically, to the batch's file names): each clip
-runs once. A clip whose run fails on a server (the server died, lost the connection, or reported an
-error) goes back to the others; it fails for good only when every server still alive has failed it.
+runs once. A clip whose run fails on a server (the server died, lost the connection, cut a reply off,
+reported an error: any exception) goes back to the others; it fails for good only when every server still
+alive has failed it.
 A server that cannot be reached any more is given up and the others carry on. One progress bar counts
 finished clips. Clips whose outputs exist are skipped before the pool starts, so a batch resumes.
 """
@@ -33,6 +34,11 @@ class Clip:
 def _unreachable(error: Exception) -> bool:
     """Whether ``error`` says the server itself is gone, rather than that it could not run the clip."""
     return "cannot reach ComfyUI" in str(error)
+
+
+def _describe(error: BaseException) -> str:
+    """The error's message; its type too where it is not one of ours (a KeyError's message alone says little)."""
+    return str(error) if isinstance(error, WorkflowError) else f"{type(error).__name__}: {error}"
 
 
 def run_pool(servers: list[Server], clips: list[Clip], *, log: Callable[[str], None],
@@ -67,34 +73,41 @@ def run_pool(servers: list[Server], clips: list[Clip], *, log: Callable[[str], N
                 cond.wait()
             return None
 
+    def settle(url: str, clip: Clip, outcome: list[Path] | BaseException) -> None:  # called holding cond
+        """Record a clip's run on server ``url``: its files, or its error (then it goes back to the others)."""
+        if not isinstance(outcome, BaseException):
+            finished(outcome, clip)
+            return
+        clip.failed_on.add(url)
+        clip.errors.append(f"{url}: {_describe(outcome)}")
+        if _unreachable(outcome):
+            alive.discard(url)
+        again = bool(alive - clip.failed_on)
+        if again:
+            pending.append(clip)
+        else:
+            finished(None, clip)
+        log(f"FAILED {clip.path.name} on {url}: {_describe(outcome)}"
+            + ("; queued again for another server" if again else ""))
+        if url not in alive:
+            log(f"giving up on {url}: it cannot be reached")
+
     def worker(server: Server) -> None:
         while (clip := take(server.url)) is not None:
-            log(f"--- {clip.path.name} on {server.url}")
+            outcome: list[Path] | BaseException = WorkflowError("its run stopped without an answer")
             try:
-                paths = run_on_server(server, clip.prompt, lambda nid, it, c=clip: c.outputs.get(nid) or under(it),
-                                      log=log)
-                error = None
-            except (WorkflowError, OSError) as e:
-                paths, error = None, e
-            with cond:
-                running[0] -= 1
-                if error is None:
-                    finished(paths, clip)
-                else:
-                    clip.failed_on.add(server.url)
-                    clip.errors.append(f"{server.url}: {error}")
-                    if _unreachable(error):
-                        alive.discard(server.url)
-                    again = bool(alive - clip.failed_on)
-                    log(f"FAILED {clip.path.name} on {server.url}: {error}"
-                        + ("; queued again for another server" if again else ""))
-                    if again:
-                        pending.append(clip)
-                    else:
-                        finished(None, clip)
-                    if server.url not in alive:
-                        log(f"giving up on {server.url}: it cannot be reached")
-                cond.notify_all()
+                log(f"--- {clip.path.name} on {server.url}")
+                outcome = run_on_server(server, clip.prompt,
+                                        lambda nid, it, c=clip: c.outputs.get(nid) or under(it), log=log)
+            except Exception as e:  # any error of one server: the clip goes back to the others
+                outcome = e
+            finally:  # the bookkeeping survives anything, so the other workers never wait forever
+                with cond:
+                    try:
+                        settle(server.url, clip, outcome)
+                    finally:
+                        running[0] -= 1
+                        cond.notify_all()
 
     threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in servers]
     for t in threads:

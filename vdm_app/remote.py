@@ -3,11 +3,13 @@
 ``POST /upload/image`` copies a local clip into the server's input folder, ``POST /prompt`` queues the
 prompt, the server's websocket (``/ws?clientId=…``, read with websocket-client as in ComfyUI's own API
 examples) reports progress and the end, ``/history/<prompt id>`` says how it ended and which files it
-wrote, and ``/view`` downloads each (written atomically).
+wrote, and ``/view`` downloads each: written under a temporary name and renamed into place only when complete (as
+many bytes as the reply's Content-Length) and readable (a video decoded, an image verified).
 """
 from __future__ import annotations
 
 import copy
+import http.client
 import json
 import re
 import secrets
@@ -20,8 +22,13 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from PIL import Image, ImageSequence
+
 from .graph import WorkflowError, title
-from .lib import ProgressBar, atomic_path
+from .lib import ProgressBar, atomic_path, video_io
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+"""Downloads checked with Pillow (video_io.READ_SUFFIXES are decoded with video_io; others are not checked)."""
 
 
 def _websocket():
@@ -53,10 +60,22 @@ class Server:
             raise WorkflowError(f"{self.url}{path}: HTTP {e.code}: {_server_error(detail)}") from None
         except (urllib.error.URLError, OSError) as e:
             raise WorkflowError(f"cannot reach ComfyUI at {self.url}: {getattr(e, 'reason', e)}") from None
+        except http.client.HTTPException as e:
+            raise WorkflowError(f"{self.url}{path}: broken reply ({type(e).__name__}: {e}); is it ComfyUI?") from None
+
+    def _json(self, path: str, body: bytes | None = None, headers=None):
+        """The JSON reply to a request; WorkflowError when it is cut off or is not JSON."""
+        with self._request(path, body, headers) as r:
+            try:
+                return json.loads(r.read().decode())
+            except (http.client.HTTPException, OSError) as e:
+                raise WorkflowError(f"{self.url}{path}: the reply broke off ({type(e).__name__}); "
+                                    "the server or the network failed: try again") from None
+            except ValueError as e:  # not UTF-8 or not JSON
+                raise WorkflowError(f"{self.url}{path}: the reply is not JSON ({e}); is it ComfyUI?") from None
 
     def get_json(self, path: str):
-        with self._request(path) as r:
-            return json.loads(r.read().decode())
+        return self._json(path)
 
     def upload(self, file: Path) -> str:
         """Copy a clip into the server's input folder (``POST /upload/image``); returns its name there."""
@@ -66,14 +85,12 @@ class Server:
             f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{file.name}\"\r\n"
             "Content-Type: application/octet-stream\r\n\r\n".encode(), file.read_bytes(), b"\r\n",
             f"--{boundary}--\r\n".encode()])
-        with self._request("/upload/image", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}) as r:
-            info = json.loads(r.read().decode())
+        info = self._json("/upload/image", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
         return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
 
     def queue(self, prompt: dict) -> str:
         body = json.dumps({"prompt": prompt, "client_id": self.client_id}).encode()
-        with self._request("/prompt", body, {"Content-Type": "application/json"}) as r:
-            return json.loads(r.read().decode())["prompt_id"]
+        return self._json("/prompt", body, {"Content-Type": "application/json"})["prompt_id"]
 
     def open_socket(self):
         """The server's websocket for this client (open it before queueing), or None when it cannot be
@@ -133,12 +150,63 @@ class Server:
         raise WorkflowError(f"prompt {prompt_id} did not finish within {self.timeout:.0f} s on {self.url}")
 
     def download(self, item: dict, path: Path) -> Path:
-        """One output file (``{filename, subfolder, type}`` from /history) written atomically to ``path``."""
+        """One output file (``{filename, subfolder, type}`` from /history) written to ``path``, renamed into place
+        only when it is complete and readable; otherwise WorkflowError, and nothing is left at ``path`` or beside it."""
         query = urllib.parse.urlencode({k: item.get(k, "") for k in ("filename", "subfolder", "type")})
-        with self._request(f"/view?{query}", timeout=600) as r, atomic_path(path) as tmp, open(tmp, "wb") as f:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
+        what = f"{self.url}/view: {item.get('filename')} (for {path})"
+        with self._request(f"/view?{query}", timeout=600) as r, atomic_path(path) as tmp:
+            _save(r, tmp, what)
+            _check_readable(tmp, what)
         return path
+
+
+def _content_length(r) -> int | None:
+    """The reply's Content-Length, or None when it sends none (or a bad one)."""
+    try:
+        return int(r.headers["Content-Length"])
+    except (TypeError, ValueError):
+        return None
+
+
+def _save(r, tmp: Path, what: str) -> None:
+    """The body of the reply ``r`` written to ``tmp``; WorkflowError when it breaks off or ends short of its
+    Content-Length."""
+    expected, got = _content_length(r), 0
+    with open(tmp, "wb") as f:
+        while True:
+            try:
+                chunk = r.read(1 << 20)
+            except (http.client.HTTPException, OSError) as e:  # IncompleteRead, a reset, a timeout
+                raise WorkflowError(f"{what}: the download broke off after {got:,} bytes ({type(e).__name__}); "
+                                    "nothing was saved: run again to retry") from None
+            if not chunk:
+                break
+            f.write(chunk)
+            got += len(chunk)
+    if expected is not None and got != expected:
+        raise WorkflowError(f"{what}: the download was cut off after {got:,} of {expected:,} bytes; nothing was "
+                            "saved: run again to retry")
+
+
+def _check_readable(file: Path, what: str) -> None:
+    """WorkflowError unless ``file`` decodes: every frame of a video (``video_io``), every frame of an image
+    (Pillow). Files of other kinds are not checked."""
+    suffix = file.suffix.lower()
+    if suffix not in video_io.READ_SUFFIXES + IMAGE_SUFFIXES:
+        return
+    try:
+        if suffix in video_io.READ_SUFFIXES:
+            video_io.read_video(file, size=(1, 1), audio=False)  # decodes every frame, keeps 1 pixel of each
+        else:
+            with Image.open(file) as img:
+                img.verify()
+            with Image.open(file) as img:
+                for frame in ImageSequence.Iterator(img):
+                    frame.load()
+    except Exception as e:  # whatever the decoder raises, the file is unusable
+        detail = str(e).replace(str(file), "the file")
+        raise WorkflowError(f"{what}: the download is not a readable {suffix[1:]} file ({type(e).__name__}: "
+                            f"{detail}); nothing was saved: run again to retry, or check the server's output") from None
 
 
 def _server_error(text: str) -> str:

@@ -2,9 +2,9 @@
 
 The ComfyUI V3 schemas (``nodes/``), ``vdm run``'s input checks (:func:`check_inputs`) and the ``vdm``
 command's flags (``vdm_app.cli``) are all built from :data:`NODES`, so a default cannot differ between
-the front ends. Each node's function (``vdm_app.jobs``) takes the inputs as keyword arguments named
-like the inputs; ``jobs.run_node`` fills in the defaults, checks every value (:func:`check_inputs`) and
-calls it.
+the front ends. Each node's function (``vdm_app.node_functions.FUNCTIONS``) takes the inputs as keyword
+arguments named like the inputs; ``node_functions.run_node`` fills in the defaults, checks every value
+(:func:`check_inputs`) and calls it. Importing this module does not import torch.
 """
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
-from .lib import sampling
+from .lib import precision, settings
 
 AUTO = 0
 """Integer inputs use 0 for "automatic" (the model's native size, half a window, …)."""
 AUTO_WEIGHT = -1.0
-"""``guidance_weight`` below 0 means "auto": the tuned weight for the job (``tasks.default_guidance_weight``)."""
+"""``guidance_weight`` below 0 means "auto" (``vdm_core.settings``: None, resolved for the job by
+``SamplerSettings.for_factor``)."""
 DEFAULT_FPS = 8.0
 """Frame rate of new clips and of clips whose frame rate nobody gave (the sprites' rate)."""
 BUNDLED_NAME = "vdm-sprites-16 (bundled)"
 """The ``model_name`` of the model shipped inside the package (``vdm_core.checkpoint.BUNDLED``)."""
-DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 WIDGETS = ("INT", "FLOAT", "COMBO", "BOOLEAN")
 """Input types that are values (widgets in ComfyUI); the others are connections of the named type."""
@@ -65,7 +65,7 @@ class Output:
 
 @dataclass(frozen=True)
 class Node:
-    """A node: its id, how ComfyUI shows it, its inputs and outputs, and the function that runs it."""
+    """A node: its id, how ComfyUI shows it, its inputs and outputs (its function: ``vdm_app.node_functions``)."""
 
     node_id: str
     display_name: str
@@ -73,8 +73,6 @@ class Node:
     description: str
     inputs: tuple[Input, ...]
     outputs: tuple[Output, ...]
-    function: str
-    """Name of the function in ``vdm_app.jobs``."""
     host_only: bool = False
     """Needs a ComfyUI host (its inputs are ComfyUI objects): ``vdm run`` cannot execute it."""
 
@@ -93,7 +91,9 @@ def _int(name, default, lo, hi, tooltip, **kw) -> Input:
 
 
 WINDOW = _int("window", AUTO, 0, 4096, "Frames sampled together in one window (0 = automatic: the model's native "
-              "frame count). Longer clips are made window by window. Lower it if you run out of memory.", flag="--window")
+              "frame count, or the whole clip as one window for a model whose native length the pack does not know, "
+              "e.g. Mochi or Cosmos through Use ComfyUI Model). Longer clips are made window by window. Lower it if "
+              "you run out of memory.", flag="--window")
 TILE = _int("tile", AUTO, 0, 8192, "Tile size in pixels for frames larger than the model (0 = automatic: the "
             "model's native resolution). Tiles overlap and are blended at every step. Lower it if you run out "
             "of memory.", flag="--tile")
@@ -125,10 +125,9 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                   options=(BUNDLED_NAME,), dynamic=True, flag="--model"),
             Input("dtype", "COMBO", "Number format of the weights. auto: bf16 on a GPU that supports it, fp32 "
                   "otherwise. fp16 saves memory but can overflow (NaN) with some models.", default="auto",
-                  options=DTYPES, flag="--dtype"),
+                  options=precision.NAMES, flag="--dtype"),
         ),
         (Output("model", "VDM_MODEL", "The loaded model; connect it to Sample DDIM-v."),),
-        "load_model",
     ),
     Node(
         "VDM_SampleDDIMv", "Sample DDIM-v (VDM)", "VDM/sampling",
@@ -143,8 +142,8 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                  "resolution). Larger than the model: made in blended tiles.", flag="--width"),
             _int("height", AUTO, 0, 8192, "Height in pixels of a new clip (only without a job; 0 = the model's "
                  "native resolution).", flag="--height"),
-            _int("steps", 32, 1, 1000, "DDIM steps per window. More is slower and a little cleaner; 32 is plenty "
-                 "for the bundled model.", flag="--steps"),
+            _int("steps", settings.DEFAULT_STEPS, 1, 1000, "DDIM steps per window. More is slower and a little "
+                 f"cleaner; {settings.DEFAULT_STEPS} is plenty for the bundled model.", flag="--steps"),
             Input("eta", "FLOAT", "Fresh noise per step: 0 = deterministic DDIM, 1 = ancestral sampling.",
                   default=0.0, min=0.0, max=1.0, step=0.01, flag="--eta"),
             Input("guidance_weight", "FLOAT", "Reconstruction guidance weight w_r: how hard the sample is pulled "
@@ -155,10 +154,19 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
             Input("method", "COMBO", "How the job's known frames steer sampling: both (default, as in VDM: frames "
                   "known exactly are replaced by noised copies and everything else is pulled by reconstruction "
                   "guidance; upscaled frames finally get the input's block averages exactly; every job), "
-                  "reconstruction (guidance only), or replacement (no guidance; extend and interpolate only).",
-                  default="both", options=sampling.METHODS, flag="--method"),
+                  "reconstruction (guidance only), replacement (no guidance; extend and interpolate only), posterior "
+                  "(as both, but the model's own Jacobian says how the known frames pull the rest: exact on Gaussian "
+                  "test data where both over- or undershoots, about 3× the time of both; no weight) or consistency "
+                  "(each step's prediction moved to the nearest clip that agrees with the input, through the VAE for "
+                  "latent models; never differentiates the model, so it fits the largest models; no weight).",
+                  default="both", options=settings.METHODS, flag="--method"),
             _int("seed", 0, 0, 0xFFFFFFFFFFFFFFFF, "Noise seed; the same seed gives the same clip on any device.",
                  seed=True, flag="--seed"),
+            _int("iterations", settings.DEFAULT_ITERATIONS, 1, 32, "Methods posterior and consistency only: solver "
+                 "iterations per step. Posterior: each is one backward pass through the model (time grows with it); "
+                 f"{settings.DEFAULT_ITERATIONS} is exact on Gaussian test data. Consistency: passes through the VAE "
+                 "decoder only. Optional, so API prompts saved before it existed still run.", flag="--iterations",
+                 optional=True),
             Input("job", "VDM_JOB", "What to make: the output of Extend Clip, Interpolate Frames or Upscale Video. "
                   "Unconnected: a new clip of length × width × height.", optional=True),
         ),
@@ -169,7 +177,6 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
             Output("audio", "AUDIO", "The job's audio (padded with silence after extension); None when there is "
                    "none — core Create Video accepts that as silence."),
         ),
-        "sample_ddim_v",
     ),
     Node(
         "VDM_ExtendClip", "Extend Clip (VDM)", "VDM/jobs",
@@ -182,7 +189,7 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                  "window). Must be smaller than the window.", flag="--context"),
             WINDOW, TILE, *CLIP_INPUTS,
         ),
-        JOB_OUTPUT, "extend_clip",
+        JOB_OUTPUT,
     ),
     Node(
         "VDM_InterpolateFrames", "Interpolate Frames (VDM)", "VDM/jobs",
@@ -194,7 +201,7 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                  "frames.", flag="--multiplier"),
             WINDOW, OVERLAP, TILE, *CLIP_INPUTS,
         ),
-        JOB_OUTPUT, "interpolate_frames",
+        JOB_OUTPUT,
     ),
     Node(
         "VDM_UpscaleVideo", "Upscale Video (VDM)", "VDM/jobs",
@@ -206,7 +213,7 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                  flag="--factor"),
             WINDOW, OVERLAP, TILE, *CLIP_INPUTS,
         ),
-        JOB_OUTPUT, "upscale_video",
+        JOB_OUTPUT,
     ),
     Node(
         "VDM_FromComfyModel", "Use ComfyUI Model (VDM)", "VDM/loaders",
@@ -234,7 +241,7 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                   "(activation checkpointing): much less memory, about a third more compute.", default=False),
         ),
         (Output("vdm_model", "VDM_MODEL", "The model for Sample DDIM-v and the job nodes.", display_name="model"),),
-        "from_comfy_model", host_only=True,
+        host_only=True,
     ),
     Node(
         "VDM_SpriteClip", "Sprite Clip (VDM)", "VDM/utils",
@@ -251,7 +258,6 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
             Output("images", "IMAGE", "The clip as an IMAGE batch."),
             Output("clip_fps", "FLOAT", "The frame rate (the fps input).", display_name="fps"),
         ),
-        "sprite_clip",
     ),
 )}
 

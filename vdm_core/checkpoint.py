@@ -1,7 +1,8 @@
 """Checkpoints: safetensors only, with the network config and training facts as JSON metadata.
 
 A file holds the EMA weights (the ones used for inference) under the network's own parameter names,
-and, when saved for resuming, the raw weights and AdamW moments under ``train.*`` names. Metadata:
+and, when saved for resuming, the raw weights and AdamW moments under ``train.*`` names
+(:func:`save_inference` writes a file's inference part alone, as shipped). Metadata:
 ``format`` (``"vdm_core"``), ``format_version``, ``config`` (``UNet3DConfig`` as JSON), ``training``
 (JSON: data, steps, resolution, frames, seed, …) and, with resume state, ``train_state`` (JSON).
 Loading never unpickles anything: safetensors files hold raw tensors and strings only.
@@ -51,6 +52,28 @@ def save(path, model: UNet3D, training: dict | None = None, *, ema: UNet3D | Non
                     if torch.is_tensor(v) and v.ndim > 0:
                         tensors[f"{TRAIN_PREFIX}optim.{slot}.{names[id(p)]}"] = v.detach().float().cpu().contiguous()
         meta["train_state"] = json.dumps(train_state or {})
+    _write(path, tensors, meta)
+
+
+INFERENCE_DTYPES = (torch.float32, torch.float16)
+INFERENCE_META = ("format", "format_version", "config", "training")
+
+
+def save_inference(src, dst, dtype: torch.dtype = torch.float32) -> None:
+    """Write the inference part of checkpoint ``src`` to ``dst`` atomically (``dst`` may be ``src``): the EMA
+    weights that :func:`load` uses, cast to ``dtype`` (float32, or float16 to halve the file), and the
+    ``format``, ``config`` and ``training`` metadata; no ``train.*`` tensors and no ``train_state``, so
+    the result cannot be resumed. vdm_core/weights/vdm-sprites-16.safetensors is such a file."""
+    if dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(map(str, INFERENCE_DTYPES))}, got {dtype}")
+    meta, tensors = read(src)
+    weights = {k: v.to(dtype).contiguous() for k, v in tensors.items() if not k.startswith(TRAIN_PREFIX)}
+    _load_weights(UNet3D(_config(meta, Path(src))), weights, Path(src).name)  # a loadable file, or no file
+    _write(dst, weights, {k: meta[k] for k in INFERENCE_META if k in meta})
+
+
+def _write(path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """``tensors`` and ``meta`` as a safetensors file at ``path``, atomically and synced to disk."""
     data = save_bytes(tensors, metadata=meta)
     with atomic_path(path) as tmp, open(tmp, "xb") as f:  # a new file: its mode follows the umask
         f.write(data)

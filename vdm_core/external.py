@@ -2,7 +2,7 @@
 (ε, v, x0 or flow velocity: ComfyUI's MODELs) — as the sampler's ``model(z, φ) → v̂``, in their latent space.
 
 A host gives a denoiser in the model's own sampler coordinates and the scaling of those coordinates
-(``shared/comfy-models.md`` §1–2): the state ``x = a(σ)·x0 + b(σ)·ε`` at noise level ``σ``
+(ComfyUI: comfy/model_sampling.py ``noise_scaling``): the state ``x = a(σ)·x0 + b(σ)·ε`` at noise level ``σ``
 (variance exploding ``a = 1, b = σ``; flow ``a = 1 − σ, b = σ``). In angle form ``z = cos φ·x0 + sin φ·ε``:
 
     tan φ = b/a,   x = √(a² + b²)·z,   x̂0 = D(x, σ),   v̂ = (cos φ·z − x̂0)/sin φ
@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from .contract import Native
+
 Denoise = Callable[[Tensor, Tensor], Tensor]
 """``D(x, sigma) → x̂0``: the model's clean prediction from its sampler state ``x`` (``[B, C, F, H, W]``) at
 noise levels ``sigma`` (``[B]``), conditioning and guidance scale applied by the host."""
-Session = Callable[[Callable[[], Tensor], tuple], Tensor]
-"""``session(fn, shape) → fn()``: the host's context for one window's sampling (:meth:`SigmaModel.run`)."""
+Session = Callable[[Callable[[Denoise], Tensor], tuple, list], Tensor]
+"""``session(window, shape, sigmas) → window(denoise)``: the host's context for one window's sampling of a
+sample of ``shape`` at the noise levels ``sigmas`` (descending, ending in 0), in which it calls ``window`` with
+its denoiser (:meth:`SigmaModel.run`)."""
 
 
 @dataclass(frozen=True)
@@ -66,17 +69,15 @@ class LatentSpace:
 
 
 class SigmaModel:
-    """``model(z, φ) → v̂`` of a denoiser ``D(x, σ) → x̂0`` with its own σ schedule.
+    """``model(z, φ) → v̂`` (``contract.HostedModel``, ``contract.LatentModel`` with a ``space``) of a denoiser
+    ``D(x, σ) → x̂0`` with its own σ schedule.
 
     ``scaling(σ) → (a, b)``: the x0 and ε coefficients of the model's sampler state; ``sigma_min/max``: its
     range (σ is kept inside it); ``sigmas(steps)``: its own grid, descending, ending in 0 or not.
-    ``session(fn, shape)``: runs ``fn()`` — one window's sampling of a sample of ``shape``
-    ``[B, C, T, h, w]`` — inside the host's sampling context and returns its result; the host sets
-    :attr:`denoise` for the duration (default: ``fn()``, with ``denoise`` given). The noise levels the
-    window visits are :meth:`session_sigmas` (the host hands them to its own sampling machinery).
-    ``space``: the model's :class:`LatentSpace` (None: it samples pixels). ``frames``/``resolution``: its
-    native window (latent frames) and tile (latent pixels), None for "the whole clip"; ``channels``: of
-    its samples. Sampling never clips x̂ to [-1, 1] (``clip_x``): latents are not images.
+    ``session``: the host's context for a window's sampling (:data:`Session`); without one, ``denoise`` is
+    used directly. ``space``: the model's :class:`LatentSpace` (None: it samples pixels). ``frames``/
+    ``resolution``: its native window (latent frames) and tile (latent pixels), None for "the whole clip";
+    ``channels``: of its samples. Sampling never clips x̂ to [-1, 1] (``clip_x``): latents are not images.
     """
 
     clip_x = False
@@ -94,11 +95,9 @@ class SigmaModel:
             raise ValueError("this model adds no noise at any level (its noise coefficient is 0): it is not a "
                              "diffusion model the sampler can drive")
         self._session = session
-        self.config = SimpleNamespace(frames=frames, resolution=resolution, channels=channels)
+        self.config = Native(frames=frames, resolution=resolution, channels=channels)
         self.device = torch.device(device) if device is not None else None
         self.phi_min, self.phi_max = self.phi_of(max(self.sigma_min, 1e-12)), self.phi_of(self.sigma_max)
-        self._grid: dict[float, float] = {}  # φ → σ of the grid points: no inversion error where sampling evaluates
-        self._last_grid: list[float] = []  # σ's of the last angles() grid, for the host's session
 
     def phi_of(self, sigma: float) -> float:
         """``φ = atan2(b, a)`` of noise level ``σ``."""
@@ -106,12 +105,9 @@ class SigmaModel:
         return math.atan2(b, a)
 
     def sigma_of(self, phi: float) -> float:
-        """The noise level of angle ``φ`` (clamped to the model's range): exact on the grid of
-        :meth:`angles`, by bisection elsewhere (``φ(σ)`` rises with σ for every family)."""
+        """The noise level of angle ``φ`` (clamped to the model's range), by bisection in float64 (``φ(σ)`` rises
+        with σ for every family): the inverse of :meth:`phi_of` to the precision of ``φ``."""
         phi = float(phi)
-        for p, sigma in self._grid.items():  # the sampler passes angles as float32: match to its precision
-            if abs(p - phi) <= 1e-6 * max(1.0, p):
-                return sigma
         if phi >= self.phi_max:
             return self.sigma_max
         if phi <= self.phi_min:
@@ -130,15 +126,11 @@ class SigmaModel:
         sig = [s for s in sig if s > 0]
         if not sig:
             raise ValueError("the model's schedule gave no noise levels above 0")
-        phis, grid = [], []
+        phis = []
         for s in sig:
             phi = self.phi_of(min(max(s, self.sigma_min), self.sigma_max))
-            if phis and phi >= phis[-1]:
-                continue  # repeated levels (some schedulers end on the same σ twice)
-            self._grid[phi] = s
-            phis.append(phi)
-            grid.append(s)
-        self._last_grid = grid
+            if not phis or phi < phis[-1]:  # repeated levels (some schedulers end on the same σ twice) once
+                phis.append(phi)
         return phis + [phis[-1] / 2]
 
     def x0(self, z: Tensor, phi: float) -> Tensor:
@@ -156,14 +148,19 @@ class SigmaModel:
         p = min(max(p, self.phi_min), self.phi_max)
         return (math.cos(p) * z - self.x0(z, p)) / math.sin(p)
 
-    def session_sigmas(self) -> list[float]:
-        """The noise levels a loop down the grid of the last :meth:`angles` call evaluates the model at —
-        every angle but the last, which is never evaluated — then 0, as a host's own sampler would be given
-        them (``[sigma_max, 0]`` before any grid was made)."""
-        if not self._last_grid:
-            return [self.sigma_max, 0.0]
-        return [*self._last_grid, 0.0]
+    def run(self, fn: Callable[[], Tensor], shape: tuple, angles: list[float]) -> Tensor:
+        """``fn()`` — one window's sampling of a sample of ``shape`` down ``angles`` (from :meth:`angles`) —
+        inside the host's session, which is given the noise levels the loop evaluates the model at (every angle
+        but the last) and then 0, as a host's own sampler would be, and calls back with its denoiser."""
+        if self._session is None:
+            return fn()
+        sigmas = [self.sigma_of(p) for p in list(angles)[:-1]] + [0.0]
 
-    def run(self, fn: Callable[[], Tensor], shape: tuple) -> Tensor:
-        """``fn()`` — one window's sampling of a sample of ``shape`` — inside the host's session."""
-        return fn() if self._session is None else self._session(fn, tuple(int(n) for n in shape))
+        def window(denoise: Denoise) -> Tensor:
+            before, self.denoise = self.denoise, denoise
+            try:
+                return fn()
+            finally:
+                self.denoise = before
+
+        return self._session(window, tuple(int(n) for n in shape), sigmas)

@@ -1,4 +1,4 @@
-"""Observations ``y = A(x)``: what a job knows about the clip it samples (vdm-reference §1.7–1.10).
+"""Observations ``y = A(x)``: what a job knows about the clip it samples (VDM §3.1, eq. 7–8).
 
 Every conditional job is an :class:`Observation`: the known values ``y``, a differentiable operator
 ``A`` mapping a clip ``x`` (``[B, C, F, H, W]``) to ``y``'s shape and, where ``A`` has one, the
@@ -21,11 +21,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-DEFAULT_GUIDANCE_WEIGHT = 16.0
-"""Default ``w_r``. VDM used 9 (Kinetics) and 50 (BAIR) with a summed loss; a toy sprite model did best
-at 8 (interpolation) to 16 (upscaling) (vdm-reference §5.4)."""
-
 
 @dataclass(frozen=True)
 class Observation:
@@ -104,7 +99,7 @@ def downsample(y: Tensor, factor: int) -> Observation:
     """Every frame known at ``1/factor`` resolution: ``y`` is ``[B, C, F, h, w]``, ``A = area_downsample(·, factor)``.
 
     The sampled clip is ``[B, C, F, h·factor, w·factor]``. Guidance pulls the sample towards clips whose
-    block means equal ``y``, so ``y`` should have been made by area averaging (vdm-reference §1.9).
+    block means equal ``y``, so ``y`` should have been made by area averaging (VDM eq. 8 observes area averages).
     """
     factor = int(factor)
     if factor < 1:

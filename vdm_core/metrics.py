@@ -1,4 +1,4 @@
-"""Quality metrics for the benchmark (vdm-reference §5.2). Clips are ``[B, C, F, H, W]`` in ``[-1, 1]``.
+"""Quality metrics for the benchmark (benchmarks/quality.py, docs/benchmarks.md). Clips are ``[B, C, F, H, W]`` in ``[-1, 1]``.
 
 * ``psnr``: ``10·log10(1 / MSE)`` on ``[0, 1]`` images, per clip.
 * ``ssim``: mean SSIM (Gaussian window σ = 1.5, 7×7, per frame and channel), per clip.
@@ -11,6 +11,8 @@
   - ``position error``: distance in pixels between the mass centroid and the true centre;
   - ``ghosting``: the share of the mass farther than ``1.5·r`` from the true centre (0 = one sharp
     sprite; a cross-fade between two positions scores about 0.5).
+* Long extensions (:func:`window_drift`): per window of new frames, the mean colour against the known
+  frames' and the contrast (standard deviation) against theirs.
 """
 from __future__ import annotations
 
@@ -20,6 +22,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import sprite_centres, sprite_scene
+
+
+def window_drift(clip: Tensor, known: int, per_window: int) -> tuple[Tensor, Tensor]:
+    """Drift of an extended clip ``[B, C, F, H, W]`` (``[-1, 1]``) whose first ``known`` frames were given and
+    whose next frames came ``per_window`` at a time: ``(colour, contrast)``, ``[B, W, C]`` and ``[B, W]`` for the
+    ``W`` complete windows — each window's mean colour minus the known frames' per channel in 1/255 units
+    (``x·255/2``), and the standard deviation of its frames over pixels, frames and channels divided by the known
+    frames'."""
+    windows = (clip.shape[2] - known) // per_window
+    if known < 1 or per_window < 1 or windows < 1:
+        raise ValueError(f"window_drift needs known ≥ 1 frames followed by at least one window of per_window ≥ 1 "
+                         f"frames; got {clip.shape[2]} frames, known={known}, per_window={per_window}")
+    ref = clip[:, :, :known].float()
+    new = clip[:, :, known:known + windows * per_window].float().unflatten(2, (windows, per_window))
+    colour = (new.mean((3, 4, 5)) - ref.mean((2, 3, 4))[:, :, None]).transpose(1, 2) * 127.5
+    contrast = new.transpose(1, 2).flatten(2).std(2) / ref.flatten(1).std(1)[:, None]
+    return colour, contrast
 
 
 def psnr(x: Tensor, ref: Tensor) -> Tensor:

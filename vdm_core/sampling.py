@@ -3,7 +3,7 @@
 The loop, :func:`ddim`, steps a *denoiser* ``D(z, φ) → x̃`` (float32 ``[B, C, F, H, W]`` in and out)
 over an angle grid ``φ_0 > φ_1 > … > φ_N`` that the caller passes in (``schedule.sampling_angles`` for
 this pack's models; another model's own schedule converted to angles). One step from ``φ_t`` to ``φ_s``
-(DDIM eq. 16 in α/σ form; vdm-reference §1.4–1.5):
+(DDIM, Song et al. 2021, eq. 12 with σ_t(η) of eq. 16, in α/σ form):
 
     ε̃ = (z_t − α_t x̃)/σ_t,   z_s = α_s x̃ + sqrt(σ_s² − c²)·ε̃ + c·ξ,   c = η·(σ_s/σ_t)·sqrt(1 − α_t²/α_s²)
 
@@ -14,6 +14,8 @@ Conditioning on an observation ``y = A(x)`` (:mod:`vdm_core.guidance`) is a wrap
 denoiser, each defined once here and composed by ``method`` in :func:`conditioned`:
 
 * :func:`guided` — reconstruction guidance, ``x̃ = x̂ − (w_r·α_t/2)·∇_{z_t}‖y − A(x̂(z_t))‖²`` (VDM eq. 7/8);
+* ``posterior.posterior`` — posterior guidance, ``x̃ = x̂ + J Aᵀ (A J Aᵀ)⁻¹ (y − A(x̂))``, ``J = ∂x̂/∂z_t``;
+* ``posterior.consistent`` — data consistency, ``x̃ = x̂ + Aᵀ (A Aᵀ)⁻¹ (y − A(x̂))`` (no backward through the model);
 * :func:`replaced` — replacement (VDM §3.1): known frames of ``z_t`` ← ``α_t y + σ_t ξ``, of ``x̃`` ← ``y``;
 * :func:`projected` — from a given angle on, ``x̃`` ← the nearest clip with ``A(x̃) = y``
   (``Observation.project``: block means for upscaling);
@@ -30,16 +32,17 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .guidance import DEFAULT_GUIDANCE_WEIGHT, Observation, check_observation
+from .guidance import Observation, check_observation
+from .posterior import consistent, posterior
 from .schedule import eps_from_x, x_from_v
+from .settings import DEFAULT_ITERATIONS, METHODS, SamplerSettings
 
 Denoiser = Callable[[Tensor, float], Tensor]
 """``D(z, φ) → x̃``: the clean clip predicted from ``z`` at angle ``φ`` (float32, ``z``'s shape)."""
-Callback = Callable[[int, int, Tensor], None]
+StepCallback = Callable[[int, int, Tensor], None]
 """``callback(step, steps, x̃)`` after every step; an exception raised there stops sampling."""
-
-METHODS = ("reconstruction", "replacement", "both")
-"""How an observation conditions sampling (:func:`conditioned`)."""
+NON_FINITE = ("the prediction became NaN/inf at step {step}/{steps}; run the model in float32 or bfloat16, or "
+              "lower the guidance weight")
 
 
 def _randn(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -68,7 +71,7 @@ def ddim_step(z: Tensor, x: Tensor, phi_t: float, phi_s: float, eta: float = 0.0
 
 
 def ddim(denoiser: Denoiser, z: Tensor, angles, *, eta: float = 0.0, generator: torch.Generator | None = None,
-         callback: Callback | None = None) -> Tensor:
+         callback: StepCallback | None = None) -> Tensor:
     """Step ``z`` (the state at ``angles[0]``) down the grid ``angles`` (decreasing, ≥ 2 entries) with
     :func:`ddim_step`; returns the last ``x̃``. ``generator`` draws the η-noise ``ξ``."""
     phis = [float(p) for p in angles]
@@ -79,10 +82,12 @@ def ddim(denoiser: Denoiser, z: Tensor, angles, *, eta: float = 0.0, generator: 
         raise ValueError(f"eta must be a number >= 0, got {eta}")
     steps = len(phis) - 1
     for i, (phi_t, phi_s) in enumerate(zip(phis, phis[1:])):
-        x = denoiser(z, phi_t)
+        try:
+            x = denoiser(z, phi_t)
+        except NonFinitePrediction:
+            raise FloatingPointError(NON_FINITE.format(step=i + 1, steps=steps)) from None
         if not torch.isfinite(x).all():
-            raise FloatingPointError(f"the prediction became NaN/inf at step {i + 1}/{steps}; run the model in "
-                                     "float32 or bfloat16, or lower the guidance weight")
+            raise FloatingPointError(NON_FINITE.format(step=i + 1, steps=steps))
         z = ddim_step(z, x, phi_t, phi_s, eta, generator)
         if callback is not None:
             callback(i + 1, steps, x)
@@ -92,11 +97,18 @@ def ddim(denoiser: Denoiser, z: Tensor, angles, *, eta: float = 0.0, generator: 
 # ---------------------------------------------------------------------------------------------- denoisers
 
 
+class NonFinitePrediction(FloatingPointError):
+    """The model returned NaN or ±inf (e.g. a float16 overflow); :func:`ddim` reports the step."""
+
+
 def predict_x(model) -> Denoiser:
-    """The denoiser of a v-model: ``x̂ = cos φ·z − sin φ·v̂(z, φ)`` (``schedule.x_from_v``)."""
+    """The denoiser of a v-model: ``x̂ = cos φ·z − sin φ·v̂(z, φ)`` (``schedule.x_from_v``). A ``v̂`` that is
+    not finite raises :class:`NonFinitePrediction` before anything (a clamp) can hide it."""
 
     def denoise(z: Tensor, phi: float) -> Tensor:
         v = model(z, torch.full((z.shape[0],), phi, device=z.device)).to(z.dtype)
+        if not torch.isfinite(v).all():
+            raise NonFinitePrediction("the model returned NaN/inf")
         return x_from_v(z, v, torch.tensor(phi, dtype=torch.float64))
 
     return denoise
@@ -164,8 +176,8 @@ def projected(denoiser: Denoiser, observation: Observation, below: float) -> Den
 
 
 def conditioned(model, observation: Observation | None = None, *, method: str = "both",
-                guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, clip: bool = True,
-                generator: torch.Generator | None = None, final_angle: float | None = None) -> Denoiser:
+                guidance_weight: float = 0.0, clip: bool = True, generator: torch.Generator | None = None,
+                final_angle: float | None = None, iterations: int = DEFAULT_ITERATIONS) -> Denoiser:
     """The denoiser of v-model ``model`` conditioned on ``observation`` by ``method``:
 
     * ``"reconstruction"``: ``guided`` with the full ``∇_{z_t}``; observed frames are the model's own
@@ -177,6 +189,12 @@ def conditioned(model, observation: Observation | None = None, *, method: str = 
       ``guided`` of everything, so the guidance acts on the generated frames as VDM's ``∇_{z^b_t}``;
       then, where the observation has a projection, ``projected`` at ``final_angle`` (the last step's
       angle): upscaled frames end with the input's block means exactly.
+    * ``"posterior"``: as ``both`` with ``posterior.posterior`` in place of ``guided``: ``x̃ = x̂ + J Aᵀ (A J Aᵀ)⁻¹
+      (y − A(x̂))``, ``J = ∂x̂/∂z_t`` (Tweedie's posterior covariance up to ``σ²/α``; Boys et al. 2023), by
+      ``iterations`` conjugate-gradient steps of one backward pass each. ``guidance_weight`` is not used.
+    * ``"consistency"``: as ``both`` with ``posterior.consistent`` in place of ``guided``: ``x̃`` ← the clip
+      nearest ``x̂`` that agrees with ``y`` (``iterations`` conjugate-gradient steps through ``A`` only; no backward through the
+      model). ``guidance_weight`` is not used.
 
     ``guidance_weight`` is ``w_r`` (≥ 0; 0 turns guidance off), ``clip`` clamps ``x̃`` to [-1, 1] (after the
     guidance, whose gradient needs the unclipped ``x̂``). ``generator`` draws the replacement noise.
@@ -191,26 +209,37 @@ def conditioned(model, observation: Observation | None = None, *, method: str = 
         if method == "replacement" and observation.frame_indices is None:
             raise ValueError("method 'replacement' needs an observation that is a pure frame selection (frames "
                              "known exactly); this one is not (e.g. upscaling): use 'both' or 'reconstruction'")
-        if method != "replacement" and guidance_weight > 0:
+        if method == "posterior":
+            den = posterior(den, observation, iterations)
+        elif method == "consistency":
+            den = consistent(den, observation, iterations)
+        elif method != "replacement" and guidance_weight > 0:
             den = guided(den, observation, guidance_weight)
         if known is not None:
             den = replaced(den, known, generator)
     if clip:
         den = clipped(den)
-    if observation is not None and method == "both" and observation.project is not None and final_angle is not None:
+    if (observation is not None and method in ("both", "posterior", "consistency") and observation.project is not None
+            and final_angle is not None):
         den = projected(den, observation, final_angle)
     return den
 
 
-def sample(model, noise: Tensor, angles, *, observation: Observation | None = None, method: str = "both",
-           guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, eta: float = 0.0, clip: bool = True,
-           generator: torch.Generator | None = None, callback: Callback | None = None) -> Tensor:
+def sample(model, noise: Tensor, angles, settings: SamplerSettings = SamplerSettings(), *,
+           observation: Observation | None = None, clip: bool = True, generator: torch.Generator | None = None,
+           callback: StepCallback | None = None) -> Tensor:
     """Sample ``x`` (float32 ``[B, C, F, H, W]``) from ``noise`` (``ε``, that shape) with v-model ``model``
     down the angle grid ``angles``: :func:`ddim` from ``z = sin φ_0·ε`` with the :func:`conditioned`
-    denoiser. ``generator`` drives every random draw (η-noise, replacement noise)."""
+    denoiser. ``settings`` gives η, the method and ``w_r`` (resolved: ``SamplerSettings.for_factor``; its
+    ``steps`` and ``seed`` are the caller's, who made ``angles`` and ``generator`` from them). ``generator``
+    drives every random draw (η-noise, replacement noise)."""
     phis = [float(p) for p in angles]
+    weight = 0.0
     if observation is not None:
         check_observation(observation, noise)
-    den = conditioned(model, observation, method=method, guidance_weight=guidance_weight, clip=clip,
-                      generator=generator, final_angle=phis[-2] if len(phis) > 1 else None)
-    return ddim(den, math.sin(phis[0]) * noise.float(), phis, eta=eta, generator=generator, callback=callback)
+        weight = settings.weight if settings.method in ("reconstruction", "both") else 0.0
+    den = conditioned(model, observation, method=settings.method, guidance_weight=weight, clip=clip,
+                      generator=generator, final_angle=phis[-2] if len(phis) > 1 else None,
+                      iterations=settings.iterations)
+    return ddim(den, math.sin(phis[0]) * noise.float(), phis, eta=settings.eta, generator=generator,
+                callback=callback)

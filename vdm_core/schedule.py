@@ -1,6 +1,6 @@
 """Truncated cosine noise schedule in angle form, and the v-parameterization.
 
-Conventions (seed notes; ``../shared/vdm-reference.md`` §1):
+Conventions (VDM eq. 1 in angle form; the v-parameterization of Salimans & Ho 2022, §4):
 
 * ``z_φ = cos φ · x + sin φ · ε`` — variance preserving, ``α = cos φ``, ``σ = sin φ``.
 * ``v_φ = dz/dφ = cos φ · ε − sin φ · x``.

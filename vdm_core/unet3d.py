@@ -1,4 +1,4 @@
-"""Factorized space-time 3D U-Net (VDM §3, seed notes: "VDM extends the 2D U-net").
+"""Factorized space-time 3D U-Net (VDM §3: the 2D diffusion U-Net extended to space-time).
 
 * Space: every 3×3 conv is a space-only 1×3×3 conv, run as a 2D conv with the frames folded into
   the batch (``[B, C, F, H, W] → [B·F, C, H, W]``).
@@ -8,7 +8,7 @@
 * Noise level: sinusoidal embedding of the angle φ, MLP, FiLM (scale, shift) in every res-block.
 * Output convs and attention projections start at zero, so a fresh network predicts v̂ = 0.
 
-Model contract (DESIGN.md): ``model(z, phi) -> v̂`` with ``z`` ``[B, C, F, H, W]`` and ``phi`` ``[B]``.
+Model contract (vdm_core/contract.py): ``model(z, phi) -> v̂`` with ``z`` ``[B, C, F, H, W]`` and ``phi`` ``[B]``.
 The network computes in its own parameter dtype and returns ``v̂`` in ``z``'s dtype.
 """
 from __future__ import annotations

@@ -11,7 +11,8 @@ Models:
 * ``wan-tiny``: the tiny Wan 2.1 of make_models.py (dim 128, 2 blocks) with the smallest VAE the release
   builds (dim 8 on 0.33, dim 96 on 0.3.64), from MODELS_DIR.
 
-Modes: ``none`` (w_r 0: no gradient), ``latent`` (the first latent frame observed: no decoder),
+``step_s`` is the median time of the steps after the first (the first, with its warm-up, is ``first_step_s``;
+with one step, that step). Modes: ``none`` (w_r 0: no gradient), ``latent`` (the first latent frame observed: no decoder),
 ``pixel`` (every other frame observed through the VAE decoder). The guided steps use reconstruction
 guidance at w_r 1.
 
@@ -36,11 +37,13 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_one(a) -> dict:
+def run_one(a):
+    """Load the model once, then yield one result dict per configuration as it is measured."""
     if a.device == "cuda":
         os.environ["COMFY_GPU"] = "1"  # comfyenv leaves --cpu out: ComfyUI takes the GPU
     import comfyenv
@@ -74,8 +77,15 @@ def run_one(a) -> dict:
     load_s = time.time() - t0
     runs = [(m, ck) for m in a.modes for ck in ((False,) if m == "none" else (False, True))] if a.modes else \
         [(a.mode, a.checkpointing)]
-    return [measure(a, models[ck].network, mode, ck, mp, load_s, sampling, guidance, comfyenv, torch)
-            for mode, ck in runs]
+    for mode, ck in runs:  # each result as soon as it is measured; a failure (out of memory) is a result too
+        try:
+            yield measure(a, models[ck].network, mode, ck, mp, load_s, sampling, guidance, comfyenv, torch)
+        except Exception as e:
+            traceback.print_exc()  # where it failed, in the log; the result says what
+            yield dict(comfyui=comfyenv.version(), model=a.model, frames=a.frames, mode=mode, checkpointing=ck,
+                       device=a.device, error=f"{type(e).__name__}: {str(e)[:400]}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def measure(a, sm, mode, checkpointing, mp, load_s, sampling, guidance, comfyenv, torch) -> dict:
@@ -108,20 +118,21 @@ def measure(a, sm, mode, checkpointing, mp, load_s, sampling, guidance, comfyenv
 
     def fn():
         marks.append(time.perf_counter())
-        return sampling.sample(sm, noise.to(sm.device), angles, observation=obs, method="reconstruction",
-                               guidance_weight=0.0 if mode == "none" else 1.0, clip=False,
+        settings = sampling.SamplerSettings(method=a.method, guidance_weight=0.0 if mode == "none" else 1.0)
+        return sampling.sample(sm, noise.to(sm.device), angles, settings, observation=obs, clip=False,
                                callback=lambda i, n, x: marks.append(time.perf_counter()))
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     base = comfyenv.rss_mb()
     with comfyenv.PeakRSS() as mem, torch.inference_mode():
-        x = sm.run(fn, shape)
+        x = sm.run(fn, shape, angles)
     steps = [b - c for c, b in zip(marks, marks[1:])]
     out = dict(comfyui=comfyenv.version(), model=a.model, frames=a.frames, width=width, height=height,
-               latent=list(shape), mode=mode, checkpointing=checkpointing, steps=a.steps, device=str(sm.device),
+               latent=list(shape), mode=mode, method=a.method if mode != "none" else None,
+               checkpointing=checkpointing, steps=a.steps, device=str(sm.device),
                dtype=str(mp.model.get_dtype()), params_m=sum(p.numel() for p in mp.model.diffusion_model.parameters()) / 1e6,
-               load_s=load_s, step_s=statistics.median(steps), first_step_s=steps[0], rss_before_mb=base,
+               load_s=load_s, step_s=statistics.median(steps[1:] or steps), first_step_s=steps[0], rss_before_mb=base,
                rss_peak_added_mb=mem.peak - base, finite=bool(torch.isfinite(x).all()))
     if torch.cuda.is_available():
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -129,7 +140,10 @@ def measure(a, sm, mode, checkpointing, mp, load_s, sampling, guidance, comfyenv
 
 
 def row(r: dict) -> str:
-    return (f"| {r['model']} | {r['comfyui']} | {r['frames']}×{r['width']}×{r['height']} → {r['latent']} | {r['mode']} | "
+    if "error" in r:
+        return f"| {r['model']} | {r['comfyui']} | {r['frames']} frames | {r['mode']} | {r['checkpointing']} | {r['error']} |"
+    mode = r['mode'] + (f" ({r['method']})" if r.get('method') else "")
+    return (f"| {r['model']} | {r['comfyui']} | {r['frames']}×{r['width']}×{r['height']} → {r['latent']} | {mode} | "
             f"{'yes' if r['checkpointing'] else 'no'} | {r['step_s']:.3f} s | +{r['rss_peak_added_mb']:.0f} MB |")
 
 
@@ -146,6 +160,9 @@ def main():
     ap.add_argument("--modes", nargs="+", help="one: several modes (each with and without checkpointing) on one "
                     "loaded model; table: the modes to run, each in its own process (default all)")
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--method", default="reconstruction",
+                    choices=("reconstruction", "both", "posterior", "consistency"),
+                    help="how the guided modes are conditioned (w_r 1 where the method has a weight)")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=("fp32", "bf16", "fp16"))
@@ -163,7 +180,7 @@ def main():
                    "--frames", str(a.frames), "--size", str(a.size), "--mode", mode, "--steps", str(a.steps),
                    "--device", a.device] + (["--checkpointing"] if ckpt else []) + \
                   (["--width", str(a.width)] if a.width else []) + (["--height", str(a.height)] if a.height else []) + \
-                  (["--dtype", a.dtype] if a.dtype else [])
+                  (["--dtype", a.dtype] if a.dtype else []) + ["--method", a.method]
             res = subprocess.run(cmd, capture_output=True, text=True)
             line = next((ln for ln in reversed(res.stdout.splitlines()) if ln.startswith("{")), None)
             if line is None:

@@ -1,16 +1,14 @@
-"""Import the real ComfyUI of a harness home in this process (CPU, one thread), and load this pack the way
+"""Import the real ComfyUI of a harness home in this process (CPU, one thread; or a GPU), and load this pack the way
 ComfyUI loads a custom-node folder. For the harness scripts only (not CI); run them with that home's
 venv: ``$COMFY_HOME/venv/bin/python tests/harness/<script>.py``.
 
-``COMFY_HOME`` (default /work/comfy/h033) holds ``ComfyUI/`` (shared/tools/comfyhost/setup.sh makes it).
+``COMFY_HOME`` (required) holds ``ComfyUI/`` — a home of the comfyhost harness, whose ``setup.sh`` makes it.
 Import this module before anything of ComfyUI: it puts ``$COMFY_HOME/ComfyUI`` first on ``sys.path`` and
 lets ComfyUI parse ``--cpu`` (plus ``$COMFY_ARGS``) as its command line; ``COMFY_GPU=1`` leaves ``--cpu``
 out (ComfyUI then uses the GPU it finds).
 """
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import os
 import resource
 import sys
@@ -18,11 +16,15 @@ import threading
 import time
 from pathlib import Path
 
-HOME = Path(os.environ.get("COMFY_HOME", "/work/comfy/h033"))
+if not os.environ.get("COMFY_HOME"):
+    sys.exit("set COMFY_HOME to a ComfyUI harness home (a folder holding ComfyUI/ and venv/)")
+HOME = Path(os.environ["COMFY_HOME"])
 COMFY = HOME / "ComfyUI"
 PACK = Path(__file__).resolve().parents[2]
 if str(COMFY) not in sys.path:
     sys.path.insert(0, str(COMFY))
+sys.path.insert(1, str(PACK / "tests"))
+from comfy_pack import import_pack  # noqa: E402
 
 _argv = sys.argv
 sys.argv = [_argv[0], *([] if os.environ.get("COMFY_GPU") == "1" else ["--cpu"]), *os.environ.get("COMFY_ARGS", "").split()]
@@ -34,7 +36,8 @@ import comfy.cli_args  # noqa: E402,F401  (parses the command line above)
 sys.argv = _argv
 import torch  # noqa: E402
 
-torch.set_num_threads(1)
+if os.environ.get("COMFY_GPU") != "1":
+    torch.set_num_threads(1)  # the CPU harness shares 2 cores; on a GPU machine the CPU work takes every core
 
 
 def version() -> str:
@@ -46,13 +49,7 @@ def version() -> str:
 def load_pack():
     """This pack imported as ComfyUI imports ``custom_nodes/comfyui-vdm`` (a package under a mangled name,
     its V3 entry point awaited); returns ``{node_id: node class}``."""
-    name = str(COMFY / "custom_nodes" / "comfyui-vdm").replace(".", "_x_")
-    spec = importlib.util.spec_from_file_location(name, PACK / "__init__.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-    return {n.GET_SCHEMA().node_id: n for n in nodes}
+    return import_pack(PACK, str(COMFY / "custom_nodes" / "comfyui-vdm").replace(".", "_x_"))[2]
 
 
 def use_models(models_dir) -> None:

@@ -1,5 +1,5 @@
 """The Use ComfyUI Model node in the real ComfyUI, driven by a direct loop (no job nodes): ComfyUI's own
-loaders → VDM_FromComfyModel → ``sigma_model.run(lambda: vdm_core.sampling.sample(...), shape)``
+loaders → VDM_FromComfyModel → ``sigma_model.run(lambda: vdm_core.sampling.sample(...), shape, angles)``
 under ``torch.inference_mode()`` as a node runs, with
 
 * a latent observation (the first 1 + 4·m frames encoded once by the causal Wan VAE, ``space.encode``), and
@@ -43,12 +43,12 @@ def sample(sm, noise, angles, obs, w, sampling):
 
     def fn():
         marks.append(time.perf_counter())
-        return sampling.sample(sm, noise, angles, observation=obs, method="reconstruction", guidance_weight=w,
-                               clip=False, callback=lambda i, n, x: marks.append(time.perf_counter()))
+        settings = sampling.SamplerSettings(method="reconstruction", guidance_weight=w)
+        return sampling.sample(sm, noise, angles, settings, observation=obs, clip=False,
+                               callback=lambda i, n, x: marks.append(time.perf_counter()))
 
     with comfyenv.PeakRSS() as mem, torch.inference_mode():
-        sm.angles(len(angles) - 1)  # the grid of this model's last angles() is what its session hands ComfyUI
-        x = sm.run(fn, noise.shape)
+        x = sm.run(fn, noise.shape, angles)
     steps = [b - a for a, b in zip(marks, marks[1:])]
     return x, steps, mem.added
 
@@ -134,8 +134,8 @@ def wan_checks(args, node, mods, report):
     cancelling.config, cancelling.device = sm.config, sm.device
     try:
         with torch.inference_mode():
-            sm.run(lambda: sampling.sample(cancelling, noise, angles, observation=obs, guidance_weight=4.0, clip=False),
-                   noise.shape)
+            sm.run(lambda: sampling.sample(cancelling, noise, angles, sampling.SamplerSettings(guidance_weight=4.0),
+                                           observation=obs, clip=False), noise.shape, angles)
         cancelled = "not raised"
     except BaseException as e:  # noqa: BLE001 — 0.33's InterruptProcessingException is a BaseException
         cancelled = type(e).__name__

@@ -43,7 +43,7 @@ sys.path.insert(0, str(PACK))
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
-from vdm_core import data, guidance, video_io  # noqa: E402
+from vdm_core import data, guidance, video_io, video_write  # noqa: E402
 
 WAN = ("vdm_test_wan21_tiny.safetensors", "vdm_test_wan21_vae.safetensors")
 
@@ -166,6 +166,8 @@ def main():
     ap.add_argument("--port", type=int, default=8293)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, -1.0, 250.0, 1000.0])
+    ap.add_argument("--methods", nargs="+", default=["posterior", "consistency"],
+                    help="methods run beside both's w_r sweep (they take no weight)")
     ap.add_argument("--json")
     a = ap.parse_args()
     report, fails = {"comfy_home": str(HOME), "steps": a.steps, "jobs": []}, []
@@ -179,8 +181,8 @@ def main():
     truth_i = data.sprite_clip(2, size=32, frames=9)           # interpolation: the even frames are the input
     truth_u = data.sprite_clip(3, size=32, frames=9)           # upscale: its 16×16 area average is the input
     truth_e = data.sprite_clip(1, size=32, frames=17)          # extension: the first 7 / 9 frames are the input
-    video_io.write_video(work / "vdm_e2e_interp.mp4", truth_i[:, ::2], 8, crf=0)
-    video_io.write_video(work / "vdm_e2e_low.mp4", guidance.area_downsample(truth_u[None], 2)[0], 8, crf=0)
+    video_write.write_video(work / "vdm_e2e_interp.mp4", truth_i[:, ::2], 8, crf=0)
+    video_write.write_video(work / "vdm_e2e_low.mp4", guidance.area_downsample(truth_u[None], 2)[0], 8, crf=0)
     with Server(a.base, a.port) as srv:
         info = srv.get("/object_info/VDM_FromComfyModel")["VDM_FromComfyModel"]
         report["comfyui"] = srv.get("/system_stats")["system"]["comfyui_version"]
@@ -227,29 +229,33 @@ def main():
         for name, model, nodes, shape, metric, expect_drop in cases:
             model_nodes, ref = wan_model() if model == "wan" else ltxv_model()
             weights = a.weights if metric is not None else [-1.0]
+            runs = [("both", w) for w in weights] + ([(m, -1.0) for m in a.methods] if name != "generate" else [])
             errs = {}
-            for w in weights:
-                sampler = {"steps": a.steps, "guidance_weight": w}
+            for method, w in runs:
+                label = f"w_r {w:g}" if method == "both" else method
+                sampler = {"steps": a.steps, "guidance_weight": w, "method": method}
                 if name == "generate":
                     sampler.update(length=9, width=32, height=32)
                 prompt = graph(model_nodes, ref, nodes, ["40", 0] if nodes and "40" in nodes else None, sampler,
-                               f"{name}_w{w:g}")
+                               f"{name}_w{w:g}" if method == "both" else f"{name}_{method}")
                 t = time.time()
                 entry = srv.wait(srv.queue(prompt))
                 secs = time.time() - t
                 status = entry["status"]["status_str"]
                 if status != "success":
                     msgs = [m for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
-                    check(False, f"{name} w_r {w:g}: {status} {msgs[-1][1].get('exception_message', '')[:400] if msgs else ''}")
+                    check(False, f"{name} {label}: {status} {msgs[-1][1].get('exception_message', '')[:400] if msgs else ''}")
                     continue
                 out = srv.video(entry)
-                check(tuple(out.shape) == shape, f"{name} w_r {w:g}: {tuple(out.shape)} (want {shape}), {secs:.1f} s")
+                check(tuple(out.shape) == shape, f"{name} {label}: {tuple(out.shape)} (want {shape}), {secs:.1f} s")
+                key = w if method == "both" else method
                 if metric is not None:
-                    errs[w] = metric(out)
-                report["jobs"].append(dict(job=name, model=model, w=w, seconds=secs, shape=list(out.shape),
-                                           error=errs.get(w)))
+                    errs[key] = metric(out)
+                report["jobs"].append(dict(job=name, model=model, method=method, w=w, seconds=secs,
+                                           shape=list(out.shape), error=errs.get(key)))
             if errs:
-                line = ", ".join(f"w_r {'auto' if w < 0 else f'{w:g}'}: {e:.4f}" for w, e in errs.items())
+                line = ", ".join(f"{k if isinstance(k, str) else 'w_r ' + ('auto' if k < 0 else f'{k:g}')}: {e:.4f}"
+                                 for k, e in errs.items())
                 print(f"     {name} error: {line}", flush=True)
                 if expect_drop:
                     check(min(v for k, v in errs.items() if k != 0) < errs.get(0.0, float("inf")),

@@ -1,0 +1,109 @@
+"""Conditioning on exact Gaussian oracles: each method's samples against the closed-form conditional.
+
+The prior (``tests/oracle.py``, ``CorrelatedGaussian``): every pixel an AR(1) series over 16 frames, ρ 0.9 and
+std 0.25 by default. Jobs, each with its conditional in closed form:
+
+* ``extend``: frames 0–7 known; frame 7+k has mean ρᵏ·x₇ and variance std²(1 − ρ²ᵏ);
+* ``interpolate``: keyframes 0, 4, 8, 12 known (Gaussian conditioning on them);
+* ``upscale2``: every frame's 2×2 block means known; E[x | y] = y upsampled, variance ¾·std².
+
+Per job and method: the worst frame's |regression slope − 1| of the sampled unknown frames on the exact
+conditional mean, and the range over frames of the variance ratio E[(x − E[x|y])²]/Var[x|y] (both 1 when the
+sampler draws the conditional exactly); then ``drift``: the prior extended by 8 windows (16 frames, 8 known)
+through ``tasks.extend`` at its defaults, each window's contrast (std of its new frames / the prior's).
+
+    python benchmarks/posterior_oracles.py                       # the defaults below
+    python benchmarks/posterior_oracles.py --rho 0.8 --iterations 1 2 3 4 8
+
+Methods: ``both`` at each ``--weights`` w_r, ``posterior`` at each ``--iterations``, ``consistency`` and
+``replacement`` (extension and interpolation only).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vdm_core import guidance, sampling, tasks
+from vdm_core.settings import DEFAULT_ITERATIONS
+from vdm_core.schedule import sampling_angles
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from oracle import CorrelatedGaussian, frame_fit, gaussian_conditional  # noqa: E402  (tests/ is not a package)
+
+
+def job(name: str, model: CorrelatedGaussian, x: torch.Tensor):
+    """(observation, unknown frames, exact conditional mean of those frames, their conditional variances)."""
+    f = x.shape[2]
+    if name in ("extend", "interpolate"):
+        known = list(range(f // 2)) if name == "extend" else list(range(0, f, 4))
+        k, var = gaussian_conditional(model.cov, known)
+        mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known])
+        return guidance.select_frames(x[:, :, known], known, f), [i for i in range(f) if i not in known], mean, var
+    y = guidance.area_downsample(x, 2)
+    return (guidance.downsample(y, 2), list(range(f)), y.repeat_interleave(2, 3).repeat_interleave(2, 4),
+            0.75 * torch.diag(model.cov))
+
+
+def run(model, x, obs, method, steps, seed, **kw):
+    phis = sampling_angles(steps).tolist()
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+    den = sampling.conditioned(model, obs, method=method, clip=False, generator=torch.Generator().manual_seed(seed + 1),
+                               final_angle=phis[-2], **kw)
+    return sampling.ddim(den, math.sin(phis[0]) * noise, phis)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rho", type=float, default=0.9)
+    ap.add_argument("--std", type=float, default=0.25)
+    ap.add_argument("--clips", type=int, default=16)
+    ap.add_argument("--size", type=int, default=32, help="H = W: clips × size² independent series")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--iterations", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--weights", type=float, nargs="+", default=[4.0, 16.0], help="w_r of method both")
+    ap.add_argument("--jobs", nargs="+", default=["extend", "interpolate", "upscale2", "drift"])
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    model = CorrelatedGaussian(16, args.rho, args.std)
+    print(f"Command: `python benchmarks/posterior_oracles.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
+          f"\n\nρ {args.rho}, std {args.std}, {args.clips} clips × {args.size}² series, {args.steps} steps, seeds "
+          f"{args.seeds}; default iterations {DEFAULT_ITERATIONS}.\n")
+    methods = [("both", dict(guidance_weight=w), f"both w_r {w:g}") for w in args.weights]
+    methods += [("posterior", dict(iterations=k), f"posterior {k} it.") for k in args.iterations]
+    methods += [("consistency", {}, "consistency"), ("replacement", {}, "replacement")]
+    for name in (j for j in args.jobs if j != "drift"):
+        print(f"| {name} | worst slope error (per seed) | variance ratio range | s |\n| --- | --- | --- | --- |")
+        for method, kw, label in methods:
+            if method == "replacement" and name == "upscale2":
+                continue  # replacement needs a frame selection
+            errs, ratios, t0 = [], [], time.time()
+            for seed in args.seeds:
+                x = model.draw(args.clips, args.size, args.size, seed=100 + seed)
+                obs, unknown, mean, var = job(name, model, x)
+                out = run(model, x, obs, method, args.steps, 200 + 2 * seed, **kw)
+                slopes, r = frame_fit(out[:, :, unknown], mean, var)
+                errs.append(max(abs(s - 1) for s in slopes))
+                ratios += r
+            print(f"| {label} | {' / '.join(f'{e:.3f}' for e in errs)} | {min(ratios):.2f}–{max(ratios):.2f} | "
+                  f"{time.time() - t0:.1f} |", flush=True)
+        print()
+    if "drift" in args.jobs:
+        print("| drift (tasks.extend, 8 windows) | contrast per window | lag-1 correlation |\n| --- | --- | --- |")
+        clip = model.draw(1, args.size, args.size, seed=5)[0, :, :8].clamp(-1, 1)
+        for method in ("both", "posterior", "consistency"):
+            out = tasks.extend(model, clip, 64, window=16, method=method, seed=3)
+            contrast = [out[:, 8 + 8 * w:16 + 8 * w].std().item() / args.std for w in range(8)]
+            f = out[0, 8:].reshape(64, -1)
+            lag1 = torch.corrcoef(torch.stack([f[:-1].flatten(), f[1:].flatten()]))[0, 1].item()
+            print(f"| {method} | {', '.join(f'{c:.2f}' for c in contrast)} | {lag1:.3f} (prior {args.rho}) |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

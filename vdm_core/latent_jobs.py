@@ -1,0 +1,157 @@
+"""Jobs of a model that samples in a VAE's latent space (``contract.LatentModel``: ``external.LatentSpace``).
+
+The model samples latents; the job's known pixels are observed through the decoder. Extension of a clip by a
+causal encoder: its complete first ``1 + time·k`` frames are encoded once and known exactly as ``k + 1``
+latents (replaced and guided like frames); every other known frame — the rest of the input, the keyframes of
+interpolation, the low-resolution frames of upscaling — is observed in pixels, ``A(x) = degrade(decode(x))``.
+Time windows are in latent frames (``vdm_core.planning``); there are no spatial tiles (the decoder needs the
+whole frame).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import guidance
+from .contract import Capabilities
+from .execution import Progress, sample_plan
+from .external import LatentSpace
+from .planning import Job, Plan, Window, assign_frames, extend_windows, grid_windows
+from .settings import SamplerSettings, auto_guidance_weight, whole
+
+
+@dataclass(frozen=True)
+class PixelsKnown:
+    """Pixel frames a latent job knows: ``frames`` (output frame indices) with values ``values``
+    (``[3, len(frames), H/s, W/s]``, at ``1/s`` of the output's resolution)."""
+
+    frames: tuple[int, ...]
+    values: Tensor
+    factor: int = 1
+
+
+def latent_plan(caps: Capabilities, space: LatentSpace, shape: tuple[int, int, int, int], *, window: int | None,
+                context: int | None = None, overlap: int | None = None, made: int = 0,
+                grid: bool = False) -> tuple[Tensor, Plan]:
+    """Latent buffer and time windows (in latent frames) for an output clip of pixel ``shape``: windows of
+    the model's native latent frame count (or ``window`` pixel frames), extension-style (``made`` latents
+    known first, ``context`` pixel frames of context) or, with ``grid``, overlapping (``overlap`` pixel
+    frames) like interpolation and upscaling. No spatial tiles: the decoder needs the whole frame."""
+    _, f, h, w = shape
+    s = space.scale
+    if h % s or w % s:
+        raise ValueError(f"the output frames are {w}×{h} pixels; this model's VAE needs width and height that are "
+                         f"multiples of {s} (e.g. {w // s * s or s}×{h // s * s or s}): resize the input first")
+    total = space.latent_frames(f)
+    win = space.latent_frames(whole("window", window, 1)) if window is not None else (caps.frames or total)
+    if grid:
+        ov = win // 4 if overlap is None else space.latent_frames(overlap) - 1
+        wins = grid_windows(total, 1, win, min(ov, win - 1) if win > 1 else 0)
+    else:
+        ctx = win // 2 if context is None else space.latent_frames(context)
+        if total > win and not 1 <= ctx < win:
+            raise ValueError(f"context must be smaller than the window ({space.pixel_frames(win)} frames for this "
+                             f"model), got {context}")
+        wins = extend_windows(made, total, win, ctx)
+    lat = torch.zeros((space.channels, total, h // s, w // s))
+    cols = ((0, w // s),)
+    return lat, Plan(tuple(lat.shape), assign_frames(wins, total, set(range(made)), set()), ((0, h // s),), cols)
+
+
+def latent_observation(win: Window, lat: Tensor, space: LatentSpace, known: PixelsKnown | None, device,
+                       auto_weight: float) -> guidance.Observation | None:
+    """What latent window ``win`` knows: latents known exactly (encoded input frames, or made by earlier
+    windows) selected, and the known pixel frames whose latent is new here through the decoder,
+    ``A(x) = degrade(decode(x))[frames]`` (``degrade``: area averaging by ``known.factor``). The window is
+    decoded on its own: its local frame ``j`` is output frame ``j + time·start``. A causal decoder's first
+    frames depend on the first latents only, so it decodes the latents up to the last known frame's, no more
+    (exact: extension's known frames lead the window, and the rest is never decoded for the gradient).
+
+    Pixels cannot be replaced in latent space, so their guidance must stay stable by itself (gain
+    ``w_r·‖J‖² < 2``, ``sampling.conditioned``), and a decoder's gain ``‖J‖²`` is nothing like a frame
+    selection's 1. The pixel term is therefore scaled by ``1/(auto_weight·‖J‖²)`` (``guidance.operator_gain``
+    at a unit-normal latent, what normalised latents look like: a VAE decoder's gain at the zero latent can be
+    far larger, ~45× for Wan 2.1's): at the job's auto weight its gain is 1, and it grows in proportion to
+    ``w_r``."""
+    n, exact, pixels = win.stop - win.start, None, None
+    if win.exact:
+        y = lat[:, list(win.exact)].unsqueeze(0).to(device)
+        exact = guidance.select_frames(y, tuple(i - win.start for i in win.exact), n)
+    if known is not None:
+        first = space.time * win.start
+        new = set(win.new)
+        idx = [i for i, f in enumerate(known.frames) if space.latent_of(f) in new and f >= first]
+        if idx:
+            local = [known.frames[i] - first for i in idx]
+            factor = known.factor
+            needed = space.latent_of(max(local)) + 1 if space.causal else n
+
+            def operator(x: Tensor) -> Tensor:
+                img = space.decode(x[:, :, :needed])[:, :, local]
+                return guidance.area_downsample(img, factor) if factor > 1 else img
+
+            pixels = guidance.Observation(y=known.values[:, idx].unsqueeze(0).to(device), operator=operator,
+                                          num_frames=n)
+            typical = torch.randn((1, *lat.shape[:1], n, *lat.shape[2:]), generator=torch.Generator().manual_seed(0))
+            gain = guidance.operator_gain(operator, typical.to(device))
+            if gain > 0:
+                pixels = guidance.scaled(pixels, 1.0 / (auto_weight * gain))
+    if exact is not None and pixels is not None:
+        return guidance.combine(exact, pixels)
+    return exact if exact is not None else pixels
+
+
+def decoded(space: LatentSpace, lat: Tensor, frames: int) -> Tensor:
+    """The finished latents decoded (``space.decode_final``) to ``[3, frames, H, W]`` in [-1, 1], on the CPU."""
+    with torch.no_grad():
+        clip = space.decode_final(lat.unsqueeze(0))[0]
+    return clip[:, :frames].detach().float().cpu().clamp(-1, 1)
+
+
+def run_latent(model, caps: Capabilities, job: Job, settings: SamplerSettings, *, progress: Progress | None,
+               device) -> Tensor:
+    """``tasks.run`` for a latent model (the module docstring says what is known how); ``settings`` with auto
+    unresolved or not. The output keeps the input frames unchanged where they are known at full resolution."""
+    space = caps.space
+    clip = job.clip.detach().float().cpu()
+    c, f, h, w = clip.shape
+    shape = job.output_shape()
+    k, s = job.multiplier, job.factor
+    made = 0
+    if job.new_frames:
+        if space.causal and space.encode is not None:
+            made = (f - 1) // space.time + 1
+        rest = tuple(range(space.pixel_frames(made), f)) if made else tuple(range(f))
+        known = PixelsKnown(rest, clip[:, list(rest)]) if rest else None
+    else:
+        keys = tuple(range(0, shape[1], k))
+        known = PixelsKnown(keys, clip, s)
+    lat, p = latent_plan(caps, space, shape, window=job.window, context=job.context, overlap=job.overlap,
+                         made=made, grid=not job.new_frames)
+    if made:
+        with torch.no_grad():
+            prefix = clip[:, :space.pixel_frames(made)].unsqueeze(0).to(device)
+            lat[:, :made] = space.encode(prefix)[0, :, :made].detach().float().cpu()
+    auto = auto_guidance_weight(s)
+    lat = sample_plan(model, caps, p, lat, lambda win: latent_observation(win, lat, space, known, device, auto),
+                      settings.for_factor(s), progress=progress, device=device)
+    out = decoded(space, lat, shape[1])
+    if job.new_frames:
+        out[:, :f] = clip
+    elif s == 1:
+        out[:, ::k] = clip
+    return out
+
+
+def generate_latent(model, caps: Capabilities, frames: int, height: int, width: int, *, window: int | None,
+                    context: int | None, settings: SamplerSettings, progress: Progress | None, device) -> Tensor:
+    """``tasks.generate`` for a latent model: ``[3, frames, height, width]`` decoded, windows extending the first."""
+    frames, height, width = (whole(n, v, 1) for n, v in (("frames", frames), ("height", height), ("width", width)))
+    settings = settings.for_factor(1)
+    lat, p = latent_plan(caps, caps.space, (3, frames, height, width), window=window, context=context, made=0)
+    out = sample_plan(model, caps, p, lat, lambda win: latent_observation(win, lat, caps.space, None, device,
+                                                                          settings.weight),
+                      settings, progress=progress, device=device)
+    return decoded(caps.space, out, frames)

@@ -1,0 +1,83 @@
+"""How to sample: one settings object from the front ends' widgets to ``sampling.sample`` (no torch here).
+
+``guidance_weight`` None is "auto": the weight tuned for the job, resolved in one place,
+:meth:`SamplerSettings.for_factor`. Front ends show auto as −1 (``vdm_app.spec.AUTO_WEIGHT``) and convert
+it when they make the settings.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from numbers import Integral
+
+METHODS = ("reconstruction", "replacement", "both", "posterior", "consistency")
+"""How an observation conditions sampling (``sampling.conditioned``)."""
+DEFAULT_ITERATIONS = 4
+"""Conjugate-gradient iterations per step of methods ``posterior`` (each one backward pass through the model)
+and ``consistency`` (each one through the observation only): ``vdm_core.posterior``."""
+DEFAULT_STEPS = 32
+"""Steps per window of every front end and of the library's job functions."""
+AUTO_WEIGHT_EXACT = 16.0
+"""Auto ``w_r`` for frames known exactly. VDM used 9 (Kinetics) and 50 (BAIR) with a summed loss; the
+bundled model did best at 8 (interpolation) to 16 (docs/benchmarks.md, "w_r grid")."""
+
+
+def auto_guidance_weight(factor: int = 1) -> float:
+    """The auto ``w_r``: :data:`AUTO_WEIGHT_EXACT` (16) for frames known exactly, ``4·s²`` when frames are known
+    at ``1/s`` resolution. Area averaging by ``s`` has gain ``‖AAᵀ‖ = 1/s²``, so the same pull on
+    low-resolution pixels needs ``s²`` times the weight; on the bundled model ×2 was best at 16 among 4/16 and
+    ×4 at 48 among 16/48 (docs/benchmarks.md)."""
+    return AUTO_WEIGHT_EXACT if factor == 1 else 4.0 * factor * factor
+
+
+def whole(name: str, value, minimum: int, hint: str = "") -> int:
+    """``value`` as an int, or a ValueError naming ``name`` unless it is an integer ≥ ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}" + (f"; {hint}" if hint else ""))
+    return int(value)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """``steps`` DDIM steps per window; ``eta`` fresh noise per step (0: deterministic DDIM, 1: ancestral);
+    ``guidance_weight`` ``w_r`` of reconstruction guidance (≥ 0; None: auto, :func:`auto_guidance_weight`);
+    ``method`` one of :data:`METHODS`; ``seed`` of all noise (window ``i`` draws from ``seed + i``);
+    ``iterations`` of methods ``posterior`` and ``consistency`` (≥ 1)."""
+
+    steps: int = DEFAULT_STEPS
+    eta: float = 0.0
+    guidance_weight: float | None = None
+    method: str = "both"
+    seed: int = 0
+    iterations: int = DEFAULT_ITERATIONS
+
+    def __post_init__(self):
+        object.__setattr__(self, "steps", whole("steps", self.steps, 1))
+        object.__setattr__(self, "iterations", whole("iterations", self.iterations, 1))
+        object.__setattr__(self, "seed", whole("seed", self.seed, 0))
+        eta = float(self.eta)
+        if not (math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"eta must be a number >= 0, got {self.eta}")
+        object.__setattr__(self, "eta", eta)
+        if self.guidance_weight is not None:
+            w = float(self.guidance_weight)
+            if not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"guidance_weight must be a number >= 0 (or None for auto), got {self.guidance_weight}")
+            object.__setattr__(self, "guidance_weight", w)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+
+    def for_factor(self, factor: int = 1) -> SamplerSettings:
+        """These settings with auto resolved for a job whose frames are known at ``1/factor`` resolution."""
+        if self.guidance_weight is not None:
+            return self
+        return replace(self, guidance_weight=auto_guidance_weight(factor))
+
+    @property
+    def weight(self) -> float:
+        """The resolved ``w_r``; raises if it is still auto (call :meth:`for_factor` first)."""
+        if self.guidance_weight is None:
+            raise ValueError("guidance_weight is auto: resolve it for the job with SamplerSettings.for_factor")
+        return self.guidance_weight
