@@ -428,7 +428,7 @@ def cmd_dit(a):
     mm.in_training = True  # 0.33: plain-torch RoPE (its fused kernels have no backward), as ComfyUI's trainer
     torch.manual_seed(a.seed)
     data = torch.load(a.latents, weights_only=False)["latents"].float()
-    n_val = 256
+    n_val = min(256, len(data) // 8)  # a few hundred latents: keep 7/8 of them for training
     val, train = data[:n_val], data[n_val:]
     cfg = dict(DIT_CONFIG, num_layers=a.layers, ffn_dim=a.ffn)
     state = torch.load(a.out, weights_only=False) if os.path.exists(a.out) else None
