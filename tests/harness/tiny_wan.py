@@ -35,6 +35,7 @@ sys.path.insert(0, str(PACK / "benchmarks"))
 
 from vdm_core.data import sprite_batch  # noqa: E402
 from vdm_core.motion import MotionMix, motion_batch  # noqa: E402
+from vdm_core.train import ema_update  # noqa: E402
 
 VAE_CONFIG = dict(z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                   temperal_downsample=[False, True, True], dropout=0.0)
@@ -49,6 +50,17 @@ SHIFT = 8.0
 
 def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def train_step(loss, opt, params, model, ema, step: int, ema_max: float) -> None:
+    """One optimiser step on ``loss`` (gradients of ``params`` clipped to norm 1), then ``ema`` follows ``model``
+    with decay ``min(ema_max, (1 + step)/(10 + step))`` (``step``: steps done, this one included;
+    ``vdm_core.train.ema_update``)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    ema_update(ema, model, min(ema_max, (1 + step) / (10 + step)))
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -214,16 +226,9 @@ def cmd_vae(a):
         mse = (y - x).pow(2).mean()
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
         loss = mse + a.kl * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
         step += 1
         seen += 1
-        with torch.no_grad():
-            d = min(a.ema, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), vae.parameters()):
-                pe.lerp_(p, 1 - d)
+        train_step(loss, opt, vae.parameters(), vae, ema, step, a.ema)
         losses.append((mse.item(), kl.item()))
         if step % a.log_every == 0:
             m = torch.tensor(losses).mean(0)
@@ -353,16 +358,9 @@ def cmd_decoder(a):
         mu = data["latents"][idx] * std + mean
         z = mu + torch.randn(mu.shape, generator=g) * (0.5 * data["logvar"][idx].float()).exp()
         mse = (vae.decode(z) - x).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        mse.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
         step += 1
         seen += 1
-        with torch.no_grad():
-            d = min(a.ema, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), vae.parameters()):
-                pe.lerp_(p, 1 - d)
+        train_step(mse, opt, params, vae, ema, step, a.ema)
         losses.append(mse.item())
         if step % a.log_every == 0:
             m = sum(losses) / len(losses)
@@ -469,16 +467,9 @@ def cmd_dit(a):
         t = (torch.rand(1, generator=g) + torch.arange(a.batch) / a.batch) % 1.0  # stratified
         eps = torch.randn(x0.shape, generator=g)
         loss = loss_of(dm, x0, t, eps).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
-        opt.step()
         step += 1
         seen += 1
-        with torch.no_grad():
-            d = min(a.ema, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), dm.parameters()):
-                pe.lerp_(p, 1 - d)
+        train_step(loss, opt, dm.parameters(), dm, ema, step, a.ema)
         losses.append(loss.item())
         if step % a.log_every == 0:
             log(f"step {step}: loss {sum(losses) / len(losses):.4f} lr {lr:.2e} | "
