@@ -110,10 +110,25 @@ def decoded(space: LatentSpace, lat: Tensor, frames: int) -> Tensor:
     return clip[:, :frames].detach().float().cpu().clamp(-1, 1)
 
 
+def held_block_means(clip: Tensor, low: Tensor, factor: int, rounds: int = 4) -> Tensor:
+    """The decoded ``clip`` ``[3, F, H, W]`` in [-1, 1] moved onto the clips in [-1, 1] whose area averages by
+    ``factor`` are ``low`` ``[3, F, H/f, W/f]``: ``rounds`` alternations of the orthogonal projection
+    ``guidance.match_block_means`` and the clamp to [-1, 1] (projections onto convex sets). Each is a projection
+    onto a convex set that holds every such clip, the truth of an upscaling job among them, so the result is
+    never farther from it than the decoded clip. A decoder cannot make every clip (its reconstruction error
+    stays in its output whatever the sampler does); the bundled path's sampler ends with the same projection
+    (``sampling.projected``), before its clamp."""
+    x, y = clip.unsqueeze(0), low.unsqueeze(0).to(clip)
+    for _ in range(rounds):
+        x = guidance.match_block_means(x, y, factor).clamp(-1, 1)
+    return x[0]
+
+
 def run_latent(model, caps: Capabilities, job: Job, settings: SamplerSettings, *, progress: Progress | None,
                device) -> Tensor:
     """``tasks.run`` for a latent model (the module docstring says what is known how); ``settings`` with auto
-    unresolved or not. The output keeps the input frames unchanged where they are known at full resolution."""
+    unresolved or not. The output keeps the input frames unchanged where they are known at full resolution, and
+    the block means of frames known at low resolution are the input's (:func:`held_block_means`)."""
     space = caps.space
     clip = job.clip.detach().float().cpu()
     c, f, h, w = clip.shape
@@ -142,6 +157,8 @@ def run_latent(model, caps: Capabilities, job: Job, settings: SamplerSettings, *
         out[:, :f] = clip
     elif s == 1:
         out[:, ::k] = clip
+    else:
+        out[:, ::k] = held_block_means(out[:, ::k], clip, s)
     return out
 
 

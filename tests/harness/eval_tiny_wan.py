@@ -10,17 +10,19 @@ benchmarks/independent_scenes.py; repeat last frame, linear cross-fade, bicubic)
 new), ``extend9`` (9 known, all as latents, 8 new), ``interp2`` / ``interp4`` (every 2nd / 4th frame known),
 ``upscale2`` (the 16² area average known). Scores on the frames the job makes: PSNR, SSIM, object position
 error and ghosting (vdm_core/metrics.py); and the observation error, RMS in /255: for upscaling of
-(area average of the output − input), for extension and interpolation of (the decoded sample − the
-known frames) on the known frames — measured on the decoded latents before the job copies the known
-frames into its output (``LatentSpace.decode_final`` is wrapped to keep them).
+(area average − input), for extension and interpolation of (clip − the known frames) on the known frames —
+of the sample as decoded, before the job restores what it knows (``LatentSpace.decode_final`` is wrapped
+to keep it), and of the output (known frames copied in, block means projected onto the input's).
 
-``--generate N`` also samples N unconditional clips with ComfyUI's own KSampler (euler, simple, cfg 1, zero
+``--long W`` also extends the first 9 frames of each clip by W windows and reports the colour drift and
+contrast of each window (``long_extension``; ``--jobs`` with no job runs only that). ``--generate N`` also samples N unconditional clips with ComfyUI's own KSampler (euler, simple, cfg 1, zero
 conditioning) and with Sample DDIM-v without a job, and compares frame statistics with training clips;
 ``--png DIR`` writes frame strips of them.
 
 usage: COMFY_HOME=/work/comfy/h033 $COMFY_HOME/venv/bin/python tests/harness/eval_tiny_wan.py MODELS_DIR
            [--clips 8] [--sets v1 independent] [--jobs extend extend9 interp2 interp4 upscale2]
-           [--methods both reconstruction replacement] [--steps 32] [--weight -1] [--generate 8] [--png DIR]
+           [--methods both reconstruction replacement] [--steps 32] [--weight -1] [--generate 8] [--long 8]
+           [--png DIR]
            [--out table.md] [--json out.json]
 """
 from __future__ import annotations
@@ -44,7 +46,7 @@ sys.path.insert(0, str(comfyenv.PACK))
 sys.path.insert(0, str(comfyenv.PACK / "benchmarks"))
 import quality  # noqa: E402  (benchmarks/quality.py: test sets, baselines)
 from vdm_core import guidance  # noqa: E402
-from vdm_core.metrics import psnr, ssim  # noqa: E402
+from vdm_core.metrics import psnr, ssim, window_drift  # noqa: E402
 from vdm_core.motion import MotionMix  # noqa: E402
 
 UNET, VAE = "vdm_test_wan21_trained.safetensors", "vdm_test_wan21_trained_vae.safetensors"
@@ -81,13 +83,13 @@ def job_spec(name: str, x: torch.Tensor):
     raise ValueError(name)
 
 
-def obs_error(name: str, out: torch.Tensor, decoded: torch.Tensor, x_in: torch.Tensor, known: list[int]) -> float:
-    """RMS observation error in /255 (see the module docstring)."""
+def obs_error(name: str, clip: torch.Tensor, x_in: torch.Tensor, known: list[int]) -> float:
+    """RMS observation error of ``clip`` in /255 (see the module docstring)."""
     if name.startswith("upscale"):
-        s = out.shape[-1] // x_in.shape[-1]
-        d = guidance.area_downsample(out[None], s)[0] - x_in
+        s = clip.shape[-1] // x_in.shape[-1]
+        d = guidance.area_downsample(clip[None], s)[0] - x_in
     else:
-        d = decoded[:, known] - x_in
+        d = clip[:, known] - x_in
     return float((d / 2).pow(2).mean().sqrt() * 255)
 
 
@@ -127,24 +129,26 @@ def run_jobs(a, pack, vdm, kept, report):
     sets = [quality.SETS[name](a.clips, SIZE, FRAMES) for name in a.sets]
     lines = []
     summary = ["### summary: each method against the job's baseline (PSNR mean on the new frames)", "",
-               "| job | set | method | PSNR − baseline | obs RMS /255 |", "| --- | --- | --- | --- | --- |"]
+               "| job | set | method | PSNR − baseline | obs RMS /255, sample | obs RMS /255, output |",
+               "| --- | --- | --- | --- | --- | --- |"]
     for job in a.jobs:
-        rows = [f"### {job}", "", "| method | set | PSNR | SSIM | pos err px | ghosting | obs RMS /255 | s/clip |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        rows = [f"### {job}", "", "| method | set | PSNR | SSIM | pos err px | ghosting | obs RMS /255, sample | "
+                "obs RMS /255, output | s/clip |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for ts in sets:
             node_id, widgets, x_in, frames, known, base, base_name = job_spec(job, ts.x)
             errs = [ts.errors(base[i], i, frames) for i in range(len(base))]
-            bo = [obs_error(job, base[i], base[i], x_in[i], known) for i in range(len(base))]
+            bo = [obs_error(job, base[i], x_in[i], known) for i in range(len(base))]
             b = dict(psnr=psnr(base[:, :, frames], ts.x[:, :, frames]).mean().item(),
                      ssim=ssim(base[:, :, frames], ts.x[:, :, frames]).mean().item(),
-                     pos=nanmean([e[0] for e in errs]), ghost=nanmean([e[1] for e in errs]), obs=sum(bo) / len(bo))
+                     pos=nanmean([e[0] for e in errs]), ghost=nanmean([e[1] for e in errs]), obs=sum(bo) / len(bo),
+                     obs_out=sum(bo) / len(bo))
             rows.append(row(base_name, ts.name, b, None))
             report["rows"].append(dict(job=job, set=ts.name, method=base_name, **b))
             print(rows[-1], flush=True)
             for method in a.methods:
                 if method == "replacement" and job.startswith("upscale"):
                     continue  # replacement needs a frame selection
-                outs, obs, secs = [], [], []
+                outs, obs, obs_out, secs = [], [], [], []
                 for i in range(len(ts.x)):
                     t0 = time.time()
                     try:
@@ -156,12 +160,13 @@ def run_jobs(a, pack, vdm, kept, report):
                     except ValueError as e:  # e.g. replacement of frames observed in pixels
                         print(f"| {method} | {ts.name} | n/a: {e} |", flush=True)
                         rows.append(f"| {method} | {ts.name} | n/a (the node refuses: known frames observed in "
-                                    "pixels, not a frame selection) | | | | | |")
+                                    "pixels, not a frame selection) | | | | | | |")
                         break
                     secs.append(time.time() - t0)
                     out = clip_of(images)
                     outs.append(out)
-                    obs.append(obs_error(job, out, kept["x"], x_in[i], known))
+                    obs.append(obs_error(job, kept["x"], x_in[i], known))
+                    obs_out.append(obs_error(job, out, x_in[i], known))
                 if not outs:
                     continue
                 out = torch.stack(outs)
@@ -169,15 +174,53 @@ def run_jobs(a, pack, vdm, kept, report):
                 m = dict(psnr=psnr(out[:, :, frames], ts.x[:, :, frames]).mean().item(),
                          ssim=ssim(out[:, :, frames], ts.x[:, :, frames]).mean().item(),
                          pos=nanmean([e[0] for e in errs]), ghost=nanmean([e[1] for e in errs]),
-                         obs=sum(obs) / len(obs), obs_max=max(obs), seconds=sum(secs) / len(secs))
+                         obs=sum(obs) / len(obs), obs_max=max(obs), obs_out=sum(obs_out) / len(obs_out),
+                         obs_out_max=max(obs_out), seconds=sum(secs) / len(secs))
                 rows.append(row(method, ts.name, m, m["seconds"]))
                 report["rows"].append(dict(job=job, set=ts.name, method=method, **m))
-                summary.append(f"| {job} | {ts.name} | {method} | {m['psnr'] - b['psnr']:+.2f} | {m['obs']:.2f} |")
+                summary.append(f"| {job} | {ts.name} | {method} | {m['psnr'] - b['psnr']:+.2f} | {m['obs']:.2f} | "
+                               f"{m['obs_out']:.2f} |")
                 print(rows[-1], flush=True)
                 if a.png:
                     strip(Path(a.png) / f"{job}_{ts.name}_{method}.png", [ts.x[0], out[0]])
         lines += rows + [""]
     return lines + summary
+
+
+def long_extension(a, pack, vdm, report):
+    """Colour over a long extension (benchmarks/long_extension.py's measure, ``metrics.window_drift``): the
+    first 9 frames of each test clip (1 + 4·2: 3 latents, known exactly) extended by ``a.long`` windows of 17
+    frames (5 latents) with 9 frames of context, so each window adds 8 frames (2 latents)."""
+    known, per_window, window = 9, 8, 17
+    lines = [f"### long extension: {a.long} windows", "",
+             f"{known} known frames, {a.long} windows of {window} frames ({known} of context, {per_window} new "
+             f"each), {a.steps} steps, auto weight; mean over {a.clips} clips per set.", "",
+             f"| method | set | measure | {' | '.join(f'w{w + 1}' for w in range(a.long))} | s/clip |",
+             f"| --- | --- | --- | {' | '.join(['---'] * a.long)} | --- |"]
+    print("\n".join(lines), flush=True)
+    for method in a.methods:
+        for name in a.sets:
+            ts = quality.SETS[name](a.clips, SIZE, FRAMES)
+            outs, t0 = [], time.time()
+            for i in range(len(ts.x)):
+                with torch.inference_mode():
+                    (jb,) = pack["VDM_ExtendClip"].execute(frames=image(ts.x[i, :, :known]), fps=8.0,
+                                                          new_frames=per_window * a.long, context=known,
+                                                          window=window, tile=0).args[:1]
+                    images = pack["VDM_SampleDDIMv"].execute(
+                        model=vdm, job=jb, length=0, width=0, height=0, steps=a.steps, eta=0.0,
+                        guidance_weight=a.weight, method=method, seed=i).args[0]
+                outs.append(clip_of(images))
+            secs = (time.time() - t0) / len(ts.x)
+            colour, contrast = window_drift(torch.stack(outs), known, per_window)
+            drift, contrast = colour.norm(dim=2).mean(0).tolist(), contrast.mean(0).tolist()
+            report.setdefault("long", []).append(dict(method=method, set=name, drift=drift, contrast=contrast,
+                                                      seconds=secs))
+            for measure, values in (("colour drift /255", drift), ("contrast", contrast)):
+                lines.append(f"| {method} | {name} | {measure} | " + " | ".join(f"{v:.2f}" for v in values) +
+                             f" | {secs:.1f} |")
+                print(lines[-1], flush=True)
+    return lines + [""]
 
 
 def nanmean(v) -> float:
@@ -187,7 +230,7 @@ def nanmean(v) -> float:
 
 def row(method, set_name, m, secs) -> str:
     return (f"| {method} | {set_name} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['pos']:.2f} | {m['ghost']:.3f} | "
-            f"{m['obs']:.2f} | {'–' if secs is None else f'{secs:.1f}'} |")
+            f"{m['obs']:.2f} | {m['obs_out']:.2f} | {'–' if secs is None else f'{secs:.1f}'} |")
 
 
 def strip(path: Path, clips: list[torch.Tensor]) -> None:
@@ -252,12 +295,13 @@ def main():
     ap.add_argument("--vae", default=VAE)
     ap.add_argument("--clips", type=int, default=8)
     ap.add_argument("--sets", nargs="+", default=["v1", "independent"], choices=list(quality.SETS))
-    ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS)
+    ap.add_argument("--jobs", nargs="*", default=list(JOBS), choices=JOBS)
     ap.add_argument("--methods", nargs="+", default=["both", "reconstruction", "replacement"],
                     help="sampling methods (any the pack's Sample DDIM-v offers)")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--weight", type=float, default=-1.0, help="guidance_weight (−1: auto)")
     ap.add_argument("--generate", type=int, default=0, help="also sample this many unconditional clips")
+    ap.add_argument("--long", type=int, default=0, help="also extend the first 9 frames by this many windows")
     ap.add_argument("--png", help="write frame strips here")
     ap.add_argument("--out", help="write the tables to this Markdown file")
     ap.add_argument("--json")
@@ -276,6 +320,8 @@ def main():
     lines = head + (generate(a, pack, mp, vae, vdm, report) if a.generate else [])
     if a.jobs:
         lines += run_jobs(a, pack, vdm, kept, report)
+    if a.long:
+        lines += long_extension(a, pack, vdm, report)
     report["seconds"] = time.time() - t
     print("\n".join(lines[len(head):]) if not a.out else "", flush=True)
     if a.out:

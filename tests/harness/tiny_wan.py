@@ -1,7 +1,8 @@
 """Train the tiny Wan 2.1 of the harness: a Wan 2.1 VAE (comfy/ldm/wan/vae.py ``WanVAE``) as a real
 autoencoder, then a Wan 2.1 T2V denoiser (comfy/ldm/wan/model.py ``WanModel``) in its latent space, both on
 the pack's procedural clips (``vdm_core.motion.MotionMix``: motion scenes + moving sprites v1, train split).
-ComfyUI's own classes, built here and saved as state dicts its loaders read (no weights are committed: docs/benchmarks.md "A trained tiny Wan" gives the commands that remake them).
+ComfyUI's own classes, built here and saved as state dicts its loaders read (the committed ones, and the
+commands that made them: tests/harness/models/README.md).
 
   vae OUT.pt       train the VAE (MSE on pixels in [-1, 1] + a small KL), resumable from OUT.pt
   calibrate        fold a per-channel affine map into the VAE's 1×1 convs (``conv1``/``conv2``) so that
