@@ -252,3 +252,35 @@ def test_latent_upscale_output_keeps_the_block_means_a_vae_cannot_make(method):
     both = tasks.run(model, Job(keys, multiplier=4, factor=2), SamplerSettings(steps=8, method=method, seed=7))
     assert both.shape == (3, 17, 16, 16)
     assert 255 * (guidance.area_downsample(both[None, :, ::4], 2)[0] - keys).pow(2).mean().sqrt() < 2
+
+
+def test_latent_extension_goes_window_by_window_from_encoded_frames():
+    """A causal VAE's latent 0 is a clip's first frame alone: every window of a long extension is a clip of its
+    own whose context is the last 1 + 4k frames made so far, encoded (never a latent of 4 frames placed first)."""
+    model = latent_model(frames=4)  # windows of 4 latents = 13 frames, context 2 latents = 5 frames
+    encoded, encode = [], model.space.encode
+    model.space = dataclasses.replace(model.space, encode=lambda x: encoded.append(x[0].clone()) or encode(x))
+    clip = clip_of(9)
+    steps, seen = [], []
+    out = tasks.extend(model, clip, 24, steps=3, seed=1, callback=lambda i, n, _x: steps.append((i, n)))
+    assert out.shape == (3, 33, 8, 8) and torch.equal(out[:, :9], clip)
+    assert [e.shape[1] for e in encoded] == [5, 5, 5]  # 3 windows of 8 new frames after 5 of context
+    for w, e in enumerate(encoded):
+        assert torch.equal(e, out[:, 4 + 8 * w:9 + 8 * w])  # the last 5 frames made before window w
+    assert steps[-1] == (9, 9) and all(n == 9 for _, n in steps)
+    assert [i for i, _ in steps] == sorted(i for i, _ in steps)
+    new = out[:, 9:].unflatten(1, (3, 8))
+    assert not torch.allclose(new[:, 1] - new[:, 1].mean(), new[:, 2] - new[:, 2].mean())  # own noise per window
+
+
+def test_latent_generation_longer_than_a_window_extends_its_first_window():
+    model = latent_model(frames=3)  # 3 latents = 9 frames
+    encoded, encode = [], model.space.encode
+    model.space = dataclasses.replace(model.space, encode=lambda x: encoded.append(x.shape[2]) or encode(x))
+    steps = []
+    out = tasks.generate(model, 20, 8, 8, steps=2, seed=3, callback=lambda i, n, _x: steps.append((i, n)))
+    assert out.shape == (3, 20, 8, 8) and out.abs().max() <= 1
+    # the first window makes 9 frames from nothing; then 8 new after 1 frame of context (half the window: 1
+    # latent), and the last 3 after as much context as the window holds in whole latents (5 frames)
+    assert encoded == [1, 5]
+    assert steps[-1] == (6, 6) and all(n == 6 for _, n in steps)

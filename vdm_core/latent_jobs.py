@@ -1,14 +1,15 @@
 """Jobs of a model that samples in a VAE's latent space (``contract.LatentModel``: ``external.LatentSpace``).
 
-The model samples latents; the job's known pixels are observed through the decoder. Extension of a clip by a
-causal encoder: its complete first ``1 + time·k`` frames are encoded once and known exactly as ``k + 1``
-latents (replaced and guided like frames); every other known frame — the rest of the input, the keyframes of
-interpolation, the low-resolution frames of upscaling — is observed in pixels, ``A(x) = degrade(decode(x))``.
-Time windows are in latent frames (``vdm_core.planning``); there are no spatial tiles (the decoder needs the
-whole frame).
+The model samples latents; the job's known pixels are observed through the decoder. Extension by a causal
+encoder goes window by window in pixels: each window is a clip of its own whose context, the last ``1 + time·k``
+frames made so far, is encoded and known exactly as ``k + 1`` latents (replaced and guided like frames); every
+other known frame — the rest of a short input, the keyframes of interpolation, the low-resolution frames of
+upscaling — is observed in pixels, ``A(x) = degrade(decode(x))``. Interpolation and upscaling have time windows
+in latent frames (``vdm_core.planning``); there are no spatial tiles (the decoder needs the whole frame).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -124,11 +125,73 @@ def held_block_means(clip: Tensor, low: Tensor, factor: int, rounds: int = 4) ->
     return x[0]
 
 
+def window_chain(space: LatentSpace, caps: Capabilities, made: int, total: int, window: int | None,
+                 context: int | None) -> list[tuple[int, int]]:
+    """(context frames, new frames) of each window of an extension from ``made`` to ``total`` pixel frames by a
+    causal VAE's model (:func:`extend_in_windows`), as ``planning.extend_windows`` in latents: windows of
+    ``window`` pixel frames' latents (default: the model's window; a model without one makes the whole clip
+    in one window, every frame made its context), ``context`` frames' latents of new frames' context (default
+    half the window); a short start gives the window more new frames, the last window more context. A
+    window's context is ``1 + time·k`` frames (all known exactly as latents) unless it is all that is made."""
+    if window is None and not caps.frames:
+        return [(made, total - made)] if made < total else []
+    win = space.latent_frames(whole("window", window, 1)) if window is not None else caps.frames
+    ctx = win // 2 if context is None else space.latent_frames(whole("context", context, 1))
+    span, keep = space.pixel_frames(win), space.pixel_frames(ctx)
+    if total > span and not 1 <= ctx < win:
+        raise ValueError(f"context must be smaller than the window ({span} frames for this model), got {context}")
+    chain = []
+    while made < total:
+        new = min(total - made, span - min(keep, made))
+        room = span - new
+        m = made if made <= room else 1 + space.time * ((room - 1) // space.time)
+        chain.append((m, new))
+        made += new
+    return chain
+
+
+def extend_in_windows(model, caps: Capabilities, clip: Tensor, chain: list[tuple[int, int]],
+                      settings: SamplerSettings, *, progress: Progress | None, device, first: int = 0,
+                      count: int | None = None) -> Tensor:
+    """``clip`` ``[3, F, H, W]`` extended window after window of ``chain`` (:func:`window_chain`), each window a
+    clip of its own: the last frames made so far, encoded (known exactly as latents; frames past the last
+    ``1 + time·k`` observed in pixels), and its new frames. A causal VAE makes latent 0 of a clip from its first
+    frame alone, and its models learnt clips that begin so; a window placed inside one latent buffer would begin
+    with a latent of ``time`` frames instead (on the trained tiny Wan of tests/harness/models the colour then
+    drifted 113/255 in the second window, 15/255 chained in pixels). Window ``i`` draws its noise from
+    ``seed + first + i``; progress counts ``count`` windows in all, this chain's from ``first``."""
+    count = len(chain) if count is None else count
+    out = clip
+    for i, (m, new) in enumerate(chain):
+        report = None
+        if progress is not None:
+            def report(done, _total, preview, at=(first + i) * settings.steps):
+                progress(at + done, count * settings.steps, preview)
+        piece = run_window(model, caps, Job(out[:, out.shape[1] - m:], new_frames=new),
+                           dataclasses.replace(settings, seed=settings.seed + first + i), progress=report,
+                           device=device)
+        out = torch.cat([out, piece[:, m:]], 1)
+    return out
+
+
 def run_latent(model, caps: Capabilities, job: Job, settings: SamplerSettings, *, progress: Progress | None,
                device) -> Tensor:
     """``tasks.run`` for a latent model (the module docstring says what is known how); ``settings`` with auto
     unresolved or not. The output keeps the input frames unchanged where they are known at full resolution, and
-    the block means of frames known at low resolution are the input's (:func:`held_block_means`)."""
+    the block means of frames known at low resolution are the input's (:func:`held_block_means`). Extension by a
+    causal VAE's model goes window by window in pixels (:func:`extend_in_windows`)."""
+    space = caps.space
+    if job.new_frames and space.causal and space.encode is not None:
+        clip = job.clip.detach().float().cpu()
+        chain = window_chain(space, caps, clip.shape[1], clip.shape[1] + job.new_frames, job.window, job.context)
+        return extend_in_windows(model, caps, clip, chain, settings, progress=progress, device=device)
+    return run_window(model, caps, job, settings, progress=progress, device=device)
+
+
+def run_window(model, caps: Capabilities, job: Job, settings: SamplerSettings, *, progress: Progress | None,
+               device) -> Tensor:
+    """:func:`run_latent` in one latent buffer (interpolation, upscaling, one extension window or a model
+    without a causal encoder)."""
     space = caps.space
     clip = job.clip.detach().float().cpu()
     c, f, h, w = clip.shape
@@ -164,11 +227,25 @@ def run_latent(model, caps: Capabilities, job: Job, settings: SamplerSettings, *
 
 def generate_latent(model, caps: Capabilities, frames: int, height: int, width: int, *, window: int | None,
                     context: int | None, settings: SamplerSettings, progress: Progress | None, device) -> Tensor:
-    """``tasks.generate`` for a latent model: ``[3, frames, height, width]`` decoded, windows extending the first."""
+    """``tasks.generate`` for a latent model: ``[3, frames, height, width]`` decoded, windows extending the first
+    (by a causal VAE's model in pixels, :func:`extend_in_windows`)."""
     frames, height, width = (whole(n, v, 1) for n, v in (("frames", frames), ("height", height), ("width", width)))
-    settings = settings.for_factor(1)
-    lat, p = latent_plan(caps, caps.space, (3, frames, height, width), window=window, context=context, made=0)
-    out = sample_plan(model, caps, p, lat, lambda win: latent_observation(win, lat, caps.space, None, device,
+    settings, space = settings.for_factor(1), caps.space
+    chained = space.causal and space.encode is not None
+    first, chain = frames, []
+    if chained:
+        first = window_chain(space, caps, 0, frames, window, context)[0][1]  # one window from nothing
+        chain = window_chain(space, caps, first, frames, window, context)
+    report = progress
+    if progress is not None and chain:
+        def report(done, _total, preview):
+            progress(done, (1 + len(chain)) * settings.steps, preview)
+    lat, p = latent_plan(caps, space, (3, first, height, width), window=window, context=context, made=0)
+    out = sample_plan(model, caps, p, lat, lambda win: latent_observation(win, lat, space, None, device,
                                                                           settings.weight),
-                      settings, progress=progress, device=device)
-    return decoded(caps.space, out, frames)
+                      settings, progress=report, device=device)
+    clip = decoded(space, out, first)
+    if not chain:
+        return clip
+    return extend_in_windows(model, caps, clip, chain, settings, progress=progress, device=device, first=1,
+                             count=1 + len(chain))
