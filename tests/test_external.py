@@ -284,3 +284,23 @@ def test_latent_generation_longer_than_a_window_extends_its_first_window():
     # latent), and the last 3 after as much context as the window holds in whole latents (5 frames)
     assert encoded == [1, 5]
     assert steps[-1] == (6, 6) and all(n == 6 for _, n in steps)
+
+
+def test_latent_interpolation_carries_the_keyframes_residual_between_them():
+    """A decoder with a constant colour error (decode_final + 0.1: its error on every frame the same) gives the
+    same interpolation as an exact one: the keyframes' residual is carried to the frames between, so they are
+    not a different layer from the pasted keys."""
+    clip = clip_of(5, 8, 8, seed=8) * 0.8
+    outs = []
+    for bias in (0.0, 0.1):
+        model = latent_model()
+        final = model.space.decode_final
+        model.space = dataclasses.replace(model.space, decode_final=lambda x, b=bias: final(x) + b)
+        outs.append(tasks.interpolate(model, clip, 4, steps=6, seed=9))
+    assert torch.equal(outs[1][:, ::4], clip)
+    assert (outs[1] - outs[0]).abs().max() < 1e-5
+    # and the residual is linear in time between two keys: with a ramp of errors the frames between follow it
+    sample = torch.zeros(3, 9, 2, 2)
+    keys = torch.stack([torch.full((3, 2, 2), v) for v in (0.0, 0.4, 0.8)], 1)
+    out = latent_jobs.with_keyframes(sample, keys, 4)
+    assert torch.allclose(out.mean((0, 2, 3)), torch.arange(9) * 0.1, atol=1e-6)
