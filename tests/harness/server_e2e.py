@@ -8,10 +8,10 @@ It starts its own server — ``$COMFY_HOME/ComfyUI/main.py --cpu --port PORT --b
 
 * the node's definition in ``/object_info``;
 * every job on tiny Wan 2.1 (and extension on tiny LTX-Video): frame count and size of the saved video;
-* guidance: the job's error against what is known or true (checked to fall for upscaling only, see below),
-  at w_r 0, auto (the job's own weight, −1) and
-  250 and 1000, the widget's maximum (on these random-weight models auto pulls little: tests/harness/README.md) —
-  upscaling: the output's area average against the low-resolution input (the observation itself);
+* guidance: the job's error against what is known or true, at w_r 0, auto (the job's own weight, −1) and
+  250 and 1000, the widget's maximum, and for each other method —
+  upscaling: the output's area average against the low-resolution input (the observation itself, RMS in
+  1/255; checked to stay within 2 whatever the weight and method);
   interpolation: the new frames against the true in-between frames; extension of 7 frames (1 + 4 + 2:
   the last 2 observed in pixels) and of 9 frames (1 + 4·2: all known as latents): the new frames
   against the true continuation;
@@ -160,6 +160,11 @@ def mae(a, b) -> float:
     return float((a - b).abs().mean() / 2)
 
 
+def rms255(a, b) -> float:
+    """RMS error in 1/255 of two [-1, 1] clips."""
+    return float(((a - b) / 2).pow(2).mean().sqrt() * 255)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("base", type=Path)
@@ -217,16 +222,18 @@ def main():
         cases.append(("interpolate", "wan", {**clip_nodes(interp_in), **job("interpolate", ["32", 0], ["32", 2])},
                       (3, 9, 32, 32), lambda out: mae(out[:, 1::2], truth_i[:, 1::2]), False))
         cases.append(("upscale", "wan", {**clip_nodes(low_in), **job("upscale", ["32", 0], ["32", 2])},
-                      (3, 9, 32, 32), lambda out: mae(guidance.area_downsample(out[None], 2)[0], got_l), True))
+                      (3, 9, 32, 32), lambda out: rms255(guidance.area_downsample(out[None], 2)[0], got_l), True))
         cases.append(("generate", "wan", {}, (3, 9, 32, 32), None, False))
         cases.append(("ltxv_extend9", "ltxv", {"35": {"class_type": "VDM_SpriteClip", "inputs": {
             "seed": 1, "size": 64, "length": 9, "fps": 8.0}}, **job("extend", ["35", 0], ["35", 1])},
             (3, 17, 64, 64), None, False))
-        # expect_drop: only where the saved video shows the observation itself (upscaling: its area average).
+        # holds: only where the saved video shows the observation itself (upscaling: its area average, RMS in
+        # 1/255, within 2 for every weight and method: the job projects its output onto the input's block means).
         # Extension and interpolation copy the known frames into the output, so their error is measured on
         # the new frames against the truth — which a random-weight model cannot predict: reported, not checked
-        # (tests/harness/direct_loop.py measures their observation error inside the loop)
-        for name, model, nodes, shape, metric, expect_drop in cases:
+        # (tests/harness/direct_loop.py measures the observation error inside the loop, and
+        # tests/harness/eval_tiny_wan.py the sample's own on a trained model)
+        for name, model, nodes, shape, metric, holds in cases:
             model_nodes, ref = wan_model() if model == "wan" else ltxv_model()
             weights = a.weights if metric is not None else [-1.0]
             runs = [("both", w) for w in weights] + ([(m, -1.0) for m in a.methods] if name != "generate" else [])
@@ -257,9 +264,9 @@ def main():
                 line = ", ".join(f"{k if isinstance(k, str) else 'w_r ' + ('auto' if k < 0 else f'{k:g}')}: {e:.4f}"
                                  for k, e in errs.items())
                 print(f"     {name} error: {line}", flush=True)
-                if expect_drop:
-                    check(min(v for k, v in errs.items() if k != 0) < errs.get(0.0, float("inf")),
-                          f"{name}: guidance lowers the error below w_r 0")
+                if holds:
+                    check(max(errs.values()) < 2.0, f"{name}: the output's area average within 2/255 RMS of the "
+                          "input for every weight and method")
         # cancel: a long prompt, interrupted while it samples; the next one runs
         model_nodes, ref = wan_model()
         long = graph(model_nodes, ref, {**clip_nodes(low_in), **job("upscale", ["32", 0], ["32", 2])}, ["40", 0],
