@@ -25,6 +25,7 @@ usage: $COMFY_HOME/venv/bin/python tests/harness/server_e2e.py BASE [--port 8293
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -40,6 +41,7 @@ HOME = Path(os.environ.get("COMFY_HOME", "/work/comfy/h033"))
 PACK = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PACK))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
@@ -116,20 +118,35 @@ class Server:
             time.sleep(0.5)
         raise TimeoutError(pid)
 
-    def video(self, entry) -> torch.Tensor:
-        outs = [v for node in entry["outputs"].values() for k, vs in node.items() if k in ("images", "videos")
-                for v in vs]
-        (out,) = outs
+    def _outputs(self, entry, suffix: str) -> list[dict]:
+        return [v for node in entry["outputs"].values() for k, vs in node.items() if k in ("images", "videos")
+                for v in vs if v["filename"].endswith(suffix)]
+
+    def _view(self, out: dict) -> bytes:
         q = urllib.parse.urlencode({"filename": out["filename"], "subfolder": out["subfolder"], "type": out["type"]})
-        with urllib.request.urlopen(f"{self.url}/view?{q}", timeout=60) as r, \
-                tempfile.NamedTemporaryFile(suffix=".mp4") as f:
-            f.write(r.read())
+        with urllib.request.urlopen(f"{self.url}/view?{q}", timeout=60) as r:
+            return r.read()
+
+    def video(self, entry) -> torch.Tensor:
+        """The saved video (Save Video, h264: lossy), ``[3, F, H, W]`` in [-1, 1]."""
+        (out,) = self._outputs(entry, ".mp4")
+        with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
+            f.write(self._view(out))
             f.flush()
             return video_io.read_video(f.name).frames
 
+    def frames(self, entry) -> torch.Tensor:
+        """The saved frames (Save Image, PNG: only 8-bit rounding), ``[3, F, H, W]`` in [-1, 1]."""
+        from PIL import Image
+
+        outs = sorted(self._outputs(entry, ".png"), key=lambda o: o["filename"])
+        imgs = [torch.from_numpy(np.array(Image.open(io.BytesIO(self._view(o))).convert("RGB"))) for o in outs]
+        return torch.stack(imgs).permute(3, 0, 1, 2).float() / 127.5 - 1
+
 
 def graph(model_nodes: dict, model_ref, job_nodes: dict, job_ref, sampler: dict, prefix: str) -> dict:
-    """An API prompt: loaders → Use ComfyUI Model → (job) → Sample DDIM-v → Create Video → Save Video."""
+    """An API prompt: loaders → Use ComfyUI Model → (job) → Sample DDIM-v → Create Video → Save Video, and Save
+    Image (the frames without the video codec's loss, what the errors are measured on)."""
     p = dict(model_nodes)
     p["10"] = {"class_type": "VDM_FromComfyModel", "inputs": {**model_ref, "cfg": 1.0, "checkpointing": False}}
     p.update(job_nodes)
@@ -141,6 +158,7 @@ def graph(model_nodes: dict, model_ref, job_nodes: dict, job_ref, sampler: dict,
     p["21"] = {"class_type": "CreateVideo", "inputs": {"images": ["20", 0], "fps": ["20", 1], "audio": ["20", 2]}}
     p["22"] = {"class_type": "SaveVideo", "inputs": {"video": ["21", 0], "filename_prefix": f"vdm_e2e/{prefix}",
                                                      "format": "mp4", "codec": "h264"}}
+    p["23"] = {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": f"vdm_e2e/{prefix}"}}
     return p
 
 
@@ -253,8 +271,9 @@ def main():
                     msgs = [m for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
                     check(False, f"{name} {label}: {status} {msgs[-1][1].get('exception_message', '')[:400] if msgs else ''}")
                     continue
-                out = srv.video(entry)
-                check(tuple(out.shape) == shape, f"{name} {label}: {tuple(out.shape)} (want {shape}), {secs:.1f} s")
+                video, out = srv.video(entry), srv.frames(entry)
+                check(tuple(video.shape) == tuple(out.shape) == shape,
+                      f"{name} {label}: video {tuple(video.shape)}, frames {tuple(out.shape)} (want {shape}), {secs:.1f} s")
                 key = w if method == "both" else method
                 if metric is not None:
                     errs[key] = metric(out)
