@@ -135,11 +135,13 @@ class Server:
             f.flush()
             return video_io.read_video(f.name).frames
 
-    def frames(self, entry) -> torch.Tensor:
-        """The saved frames (Save Image, PNG: only 8-bit rounding), ``[3, F, H, W]`` in [-1, 1]."""
+    def frames(self, entry, inputs: bool = False) -> torch.Tensor:
+        """The saved frames (Save Image, PNG: only 8-bit rounding), ``[3, F, H, W]`` in [-1, 1]: the output's, or
+        with ``inputs`` the input clip's as ComfyUI decoded it (:func:`graph`)."""
         from PIL import Image
 
-        outs = sorted(self._outputs(entry, ".png"), key=lambda o: o["filename"])
+        outs = sorted((o for o in self._outputs(entry, ".png") if ("_input_" in o["filename"]) == inputs),
+                      key=lambda o: o["filename"])
         imgs = [torch.from_numpy(np.array(Image.open(io.BytesIO(self._view(o))).convert("RGB"))) for o in outs]
         return torch.stack(imgs).permute(3, 0, 1, 2).float() / 127.5 - 1
 
@@ -159,6 +161,9 @@ def graph(model_nodes: dict, model_ref, job_nodes: dict, job_ref, sampler: dict,
     p["22"] = {"class_type": "SaveVideo", "inputs": {"video": ["21", 0], "filename_prefix": f"vdm_e2e/{prefix}",
                                                      "format": "mp4", "codec": "h264"}}
     p["23"] = {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": f"vdm_e2e/{prefix}"}}
+    if "32" in job_nodes:  # the input clip as ComfyUI's Load Video decoded it (another decoder's colours differ)
+        p["24"] = {"class_type": "SaveImage", "inputs": {"images": ["32", 0],
+                                                         "filename_prefix": f"vdm_e2e/{prefix}_input"}}
     return p
 
 
@@ -240,7 +245,7 @@ def main():
         cases.append(("interpolate", "wan", {**clip_nodes(interp_in), **job("interpolate", ["32", 0], ["32", 2])},
                       (3, 9, 32, 32), lambda out: mae(out[:, 1::2], truth_i[:, 1::2]), False))
         cases.append(("upscale", "wan", {**clip_nodes(low_in), **job("upscale", ["32", 0], ["32", 2])},
-                      (3, 9, 32, 32), lambda out: rms255(guidance.area_downsample(out[None], 2)[0], got_l), True))
+                      (3, 9, 32, 32), lambda out, seen: rms255(guidance.area_downsample(out[None], 2)[0], seen), True))
         cases.append(("generate", "wan", {}, (3, 9, 32, 32), None, False))
         cases.append(("ltxv_extend9", "ltxv", {"35": {"class_type": "VDM_SpriteClip", "inputs": {
             "seed": 1, "size": 64, "length": 9, "fps": 8.0}}, **job("extend", ["35", 0], ["35", 1])},
@@ -276,7 +281,7 @@ def main():
                       f"{name} {label}: video {tuple(video.shape)}, frames {tuple(out.shape)} (want {shape}), {secs:.1f} s")
                 key = w if method == "both" else method
                 if metric is not None:
-                    errs[key] = metric(out)
+                    errs[key] = metric(out, srv.frames(entry, inputs=True)) if holds else metric(out)
                 report["jobs"].append(dict(job=name, model=model, method=method, w=w, seconds=secs,
                                            shape=list(out.shape), error=errs.get(key)))
             if errs:
