@@ -166,6 +166,13 @@ def window_chain(space: LatentSpace, caps: Capabilities, made: int, total: int, 
     return chain
 
 
+def counted(progress: Progress | None, first: int, count: int, steps: int) -> Progress | None:
+    """``progress`` of one window's sampling (``steps`` steps) reported as window ``first`` of ``count``."""
+    if progress is None:
+        return None
+    return lambda done, _total, preview: progress(first * steps + done, count * steps, preview)
+
+
 def extend_in_windows(model, caps: Capabilities, clip: Tensor, chain: list[tuple[int, int]],
                       settings: SamplerSettings, *, progress: Progress | None, device, first: int = 0,
                       count: int | None = None) -> Tensor:
@@ -179,13 +186,9 @@ def extend_in_windows(model, caps: Capabilities, clip: Tensor, chain: list[tuple
     count = len(chain) if count is None else count
     out = clip
     for i, (m, new) in enumerate(chain):
-        report = None
-        if progress is not None:
-            def report(done, _total, preview, at=(first + i) * settings.steps):
-                progress(at + done, count * settings.steps, preview)
         piece = run_window(model, caps, Job(out[:, out.shape[1] - m:], new_frames=new),
-                           dataclasses.replace(settings, seed=settings.seed + first + i), progress=report,
-                           device=device)
+                           dataclasses.replace(settings, seed=settings.seed + first + i),
+                           progress=counted(progress, first + i, count, settings.steps), device=device)
         out = torch.cat([out, piece[:, m:]], 1)
     return out
 
@@ -252,10 +255,7 @@ def generate_latent(model, caps: Capabilities, frames: int, height: int, width: 
     if chained:
         first = window_chain(space, caps, 0, frames, window, context)[0][1]  # one window from nothing
         chain = window_chain(space, caps, first, frames, window, context)
-    report = progress
-    if progress is not None and chain:
-        def report(done, _total, preview):
-            progress(done, (1 + len(chain)) * settings.steps, preview)
+    report = counted(progress, 0, 1 + len(chain), settings.steps) if chain else progress
     lat, p = latent_plan(caps, space, (3, first, height, width), window=window, context=context, made=0)
     out = sample_plan(model, caps, p, lat, lambda win: latent_observation(win, lat, space, None, device,
                                                                           settings.weight),
