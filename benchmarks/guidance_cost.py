@@ -38,7 +38,7 @@ def main(argv=None):
     obs = guidance.select_frames(x[:, :, :known], range(known), cfg.frames)
     z = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     phi = 0.8
-    w = auto_guidance_weight()
+    w = auto_guidance_weight(extend=True)
     cases = [("unguided", dict(observation=None)), ("replacement", dict(method="replacement")),
              ("reconstruction", dict(method="reconstruction", guidance_weight=w)),
              ("both", dict(method="both", guidance_weight=w))]

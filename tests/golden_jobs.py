@@ -2,7 +2,8 @@
 
 The cases call the library's job API (``vdm_core.tasks``), whose signatures scripts rely on, so a
 refactoring of the sampler, the guidance or the windows cannot change what a job makes unnoticed.
-``python tests/golden_jobs.py`` rewrites ``tests/golden/jobs.safetensors`` (only do that for a
+The extension cases name w_r 16, the auto weight of extension when the file was made (auto is 8 now),
+so the file still guards the sampler of ``both`` unchanged. ``python tests/golden_jobs.py`` rewrites ``tests/golden/jobs.safetensors`` (only do that for a
 deliberate change of behaviour, and say why in the commit); ``tests/test_golden.py`` compares.
 """
 from __future__ import annotations
@@ -29,9 +30,10 @@ def cases() -> dict:
     """name -> job(model) returning a [C, F, H, W] clip."""
     return {
         "generate": lambda m: tasks.generate(m, 16, 16, 16, steps=6, seed=1),
-        "generate_two_windows": lambda m: tasks.generate(m, 24, 16, 16, steps=4, seed=2),
-        "extend": lambda m: tasks.extend(m, _clip(3), 8, steps=6, seed=1),
-        "extend_two_windows_eta": lambda m: tasks.extend(m, _clip(4), 12, steps=4, eta=0.5, seed=3),
+        "generate_two_windows": lambda m: tasks.generate(m, 24, 16, 16, steps=4, seed=2, guidance_weight=16.0),
+        "extend": lambda m: tasks.extend(m, _clip(3), 8, steps=6, seed=1, guidance_weight=16.0),
+        "extend_two_windows_eta": lambda m: tasks.extend(m, _clip(4), 12, steps=4, eta=0.5, seed=3,
+                                                        guidance_weight=16.0),
         "extend_reconstruction": lambda m: tasks.extend(m, _clip(5), 8, steps=4, method="reconstruction",
                                                         guidance_weight=4.0, seed=4),
         "extend_replacement": lambda m: tasks.extend(m, _clip(6), 8, steps=4, method="replacement", seed=5),

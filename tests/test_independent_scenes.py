@@ -83,7 +83,7 @@ def test_quality_benchmark_reports_both_sets_side_by_side(tmp_path, capsys):
     for baseline in ("repeat last frame", "bicubic"):
         rows = [line for line in text.splitlines() if line.startswith(f"| {baseline} |")]
         assert [r.split(" | ")[2] for r in rows] == ["v1", "independent"]
-    assert "| both | 16 | v1 |" in text and "| both | 16 | independent |" in text
+    assert "| both | 8 | v1 |" in text and "| both | 8 | independent |" in text  # extension takes its auto w_r
     assert "| both | 64 | independent |" in text  # upscaling ×4 takes 4·s² when no weight is given
     summary = text[text.index("### summary"):]
-    assert "| extend | independent | both | 16 |" in summary and "| upscale4 | v1 | both | 64 |" in summary
+    assert "| extend | independent | both | 8 |" in summary and "| upscale4 | v1 | both | 64 |" in summary

@@ -54,9 +54,10 @@ def test_sampler_defaults_are_the_documented_ones():
 
 
 def test_auto_guidance_weight_is_the_documented_one():
-    m = readme(r"`--guidance` \(w_r; `auto` by default: (\d+) for extend/interpolate, (\d+)·factor² for upscaling\)")
-    exact, per_factor = float(m.group(1)), float(m.group(2))
-    assert settings.auto_guidance_weight(1) == exact
+    m = readme(r"`--guidance` \(w_r; `auto` by default: (\d+) for extend, (\d+) for interpolate, (\d+)·factor² for "
+               r"upscaling\)")
+    extend, exact, per_factor = float(m.group(1)), float(m.group(2)), float(m.group(3))
+    assert settings.auto_guidance_weight(1, extend=True) == extend and settings.auto_guidance_weight(1) == exact
     for s in (2, 3, 4, 8):
         assert settings.auto_guidance_weight(s) == per_factor * s * s
     m = readme(r"guidance weight defaults to \*\*auto\*\* \((−?\d+)\)")
@@ -67,7 +68,7 @@ def test_auto_guidance_weight_is_the_documented_one():
         assert inspect.signature(job).parameters["guidance_weight"].default is None  # None: auto
     assert settings.SamplerSettings().guidance_weight is None
     tip = spec.NODES["VDM_SampleDDIMv"].input("guidance_weight").tooltip
-    assert f"{exact:g} for extend and interpolate" in tip and f"{per_factor:g}·factor²" in tip
+    assert f"{extend:g} for extend" in tip and f"{exact:g} for interpolate" in tip and f"{per_factor:g}·factor²" in tip
 
 
 def test_the_demo_does_what_readme_says():

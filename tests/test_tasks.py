@@ -14,6 +14,8 @@ from vdm_core.settings import SamplerSettings
 from vdm_core.tasks import Job
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
+from oracle import CorrelatedGaussian
+
 
 class Gaussian:
     """Exact denoiser of pixels x ~ N(0, c²) i.i.d.: ``x̂ = g·z`` with ``g = α c² / (α² c² + σ²)``."""
@@ -264,6 +266,21 @@ def test_seeds_are_deterministic_and_differ_between_seeds():
         b = tasks.extend(Gaussian(), clip, 5, steps=3, eta=eta, seed=7)
         c = tasks.extend(Gaussian(), clip, 5, steps=3, eta=eta, seed=8)
         assert torch.equal(a, b) and not torch.equal(a[:, 3:], c[:, 3:])
+
+
+def test_auto_weight_is_the_jobs_own():
+    """Auto w_r resolves per job: 8 for an extension and a long new clip's later windows, 16 for interpolation
+    (settings.auto_guidance_weight); a weight given explicitly is used as it is. (Frames correlated in time,
+    so that guidance moves the new frames.)"""
+    clip = rand_clip(f=3, h=6, w=5)
+    model = CorrelatedGaussian(4, 0.9, 0.25)
+    kw = dict(window=4, steps=3, seed=1)
+    ext = {w: tasks.extend(model, clip, 3, guidance_weight=w, **kw) for w in (None, 8.0, 16.0)}
+    assert torch.equal(ext[None], ext[8.0]) and not torch.equal(ext[None], ext[16.0])
+    gen = {w: tasks.generate(model, 7, 6, 5, guidance_weight=w, **kw) for w in (None, 8.0, 16.0)}
+    assert torch.equal(gen[None], gen[8.0]) and not torch.equal(gen[None], gen[16.0])
+    mid = {w: tasks.interpolate(model, clip[:, :2], 3, guidance_weight=w, **kw) for w in (None, 8.0, 16.0)}
+    assert torch.equal(mid[None], mid[16.0]) and not torch.equal(mid[None], mid[8.0])
 
 
 def test_progress_counts_steps_moves_with_every_tile_and_an_exception_stops_the_job():

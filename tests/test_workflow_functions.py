@@ -333,7 +333,8 @@ def test_guidance_weight_auto_is_the_tuned_weight_for_the_job(model, sprites, mo
     images, fps = sprites
     seen, real = [], sampling.sample
     monkeypatch.setattr(sampling, "sample", lambda *a, **kw: seen.append(a[3].guidance_weight) or real(*a, **kw))
-    for job, auto in ((node("VDM_ExtendClip", frames=images, fps=fps, new_frames=1)[0], 16.0),
+    for job, auto in ((node("VDM_ExtendClip", frames=images, fps=fps, new_frames=1)[0], 8.0),
+                      (node("VDM_InterpolateFrames", frames=images[:2], fps=fps, multiplier=2)[0], 16.0),
                       (node("VDM_UpscaleVideo", frames=images[:1], fps=fps, factor=2)[0], 16.0),
                       (node("VDM_UpscaleVideo", frames=images[:1, :2, :2], fps=fps, factor=4)[0], 64.0)):
         seen.clear()

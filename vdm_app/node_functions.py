@@ -158,7 +158,7 @@ def sample_ddim_v(model: VDMModel, job: VDMJob | None, *, length: int, width: in
     0 = the model's native frame count / resolution).
 
     ``guidance_weight`` below 0 is auto (``spec.AUTO_WEIGHT``; the core's None, resolved for the job by
-    ``SamplerSettings.for_factor``). Returns (IMAGE, fps, AUDIO or None). Runs with autograd available even when
+    ``SamplerSettings.for_job``). Returns (IMAGE, fps, AUDIO or None). Runs with autograd available even when
     called inside ``torch.inference_mode`` (reconstruction guidance differentiates through the model). Out of
     memory (``oom_errors``): retried with smaller settings (``models.smaller_settings``); then a MemoryError
     naming the settings to lower. ``progress`` is called after every tile of every step and may raise to cancel.

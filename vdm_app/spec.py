@@ -19,7 +19,7 @@ AUTO = 0
 """Integer inputs use 0 for "automatic" (the model's native size, half a window, …)."""
 AUTO_WEIGHT = -1.0
 """``guidance_weight`` below 0 means "auto" (``vdm_core.settings``: None, resolved for the job by
-``SamplerSettings.for_factor``)."""
+``SamplerSettings.for_job``)."""
 DEFAULT_FPS = 8.0
 """Frame rate of new clips and of clips whose frame rate nobody gave (the sprites' rate)."""
 BUNDLED_NAME = "vdm-sprites-16 (bundled)"
@@ -148,8 +148,8 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                   default=0.0, min=0.0, max=1.0, step=0.01, flag="--eta"),
             Input("guidance_weight", "FLOAT", "Reconstruction guidance weight w_r: how hard the sample is pulled "
                   "towards the known frames or pixels of the job. −1 (any negative value) = auto, the tuned weight "
-                  "for the job: 16 for extend and interpolate, 4·factor² for upscaling by factor (16 at ×2, 64 at "
-                  "×4). 0 turns guidance off.", default=AUTO_WEIGHT, min=AUTO_WEIGHT, max=1000.0, step=0.5,
+                  "for the job: 8 for extend (and a long new clip's later windows), 16 for interpolate, 4·factor² for "
+                  "upscaling by factor (16 at ×2, 64 at ×4). 0 turns guidance off.", default=AUTO_WEIGHT, min=AUTO_WEIGHT, max=1000.0, step=0.5,
                   flag="--guidance"),
             Input("method", "COMBO", "How the job's known frames steer sampling: both (default, as in VDM: frames "
                   "known exactly are replaced by noised copies and everything else is pulled by reconstruction "

@@ -230,7 +230,7 @@ def sample(model, noise: Tensor, angles, settings: SamplerSettings = SamplerSett
            callback: StepCallback | None = None) -> Tensor:
     """Sample ``x`` (float32 ``[B, C, F, H, W]``) from ``noise`` (``ε``, that shape) with v-model ``model``
     down the angle grid ``angles``: :func:`ddim` from ``z = sin φ_0·ε`` with the :func:`conditioned`
-    denoiser. ``settings`` gives η, the method and ``w_r`` (resolved: ``SamplerSettings.for_factor``; its
+    denoiser. ``settings`` gives η, the method and ``w_r`` (resolved: ``SamplerSettings.for_job``; its
     ``steps`` and ``seed`` are the caller's, who made ``angles`` and ``generator`` from them). ``generator``
     drives every random draw (η-noise, replacement noise)."""
     phis = [float(p) for p in angles]

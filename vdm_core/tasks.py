@@ -47,7 +47,7 @@ def run(model, job: Job, settings: SamplerSettings = SamplerSettings(), *, callb
         out[:, ::k] = clip
     low = clip if s > 1 else None
     return sample_plan(model, caps, p, out, lambda win: observation_of(win, out, low, k, s, device),
-                       settings.for_factor(s), progress=callback, device=device)
+                       settings.for_job(s, bool(job.new_frames)), progress=callback, device=device)
 
 
 def run_unconditional(model, shape: tuple[int, int, int], settings: SamplerSettings = SamplerSettings(), *,
@@ -61,7 +61,7 @@ def run_unconditional(model, shape: tuple[int, int, int], settings: SamplerSetti
     elif caps.channels is not None and channels != caps.channels:
         raise ValueError(f"channels={channels} but the model makes {caps.channels}")
     frames, height, width = shape
-    settings = settings.for_factor(1)
+    settings = settings.for_job(extend=True)  # windows after the first extend it
     device = device_of(caps, None)
     if caps.space is not None:
         return generate_latent(model, caps, frames, height, width, window=window, context=context, settings=settings,
