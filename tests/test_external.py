@@ -304,3 +304,21 @@ def test_latent_interpolation_carries_the_keyframes_residual_between_them():
     keys = torch.stack([torch.full((3, 2, 2), v) for v in (0.0, 0.4, 0.8)], 1)
     out = latent_jobs.with_keyframes(sample, keys, 4)
     assert torch.allclose(out.mean((0, 2, 3)), torch.arange(9) * 0.1, atol=1e-6)
+
+
+def test_latent_extension_carries_the_last_known_frames_residual_into_the_new_frames():
+    """A decoder with a constant colour error (decode_final + 0.1) changes an extension only by that error fading
+    in over the new frames: the first new frame meets the known frames without the decoder's jump, and the
+    residual goes linearly to 0 one frame past the window (latent_jobs.with_context)."""
+    clip = clip_of(9, 8, 8, seed=8) * 0.8
+    outs = []
+    for bias in (0.0, 0.1):
+        model = latent_model()  # one window: 9 known frames (3 latents) and 8 new
+        final = model.space.decode_final
+        model.space = dataclasses.replace(model.space, decode_final=lambda x, b=bias: final(x) + b)
+        outs.append(tasks.extend(model, clip, 8, steps=6, seed=9))
+    assert torch.equal(outs[1][:, :9], clip)
+    diff = (outs[1] - outs[0])[:, 9:].transpose(0, 1).flatten(1)  # per new frame (the median: clamped pixels aside)
+    assert torch.allclose(diff.median(1).values, 0.1 * torch.arange(1, 9) / 9, atol=1e-5)
+    out = latent_jobs.with_context(torch.zeros(3, 6, 2, 2), torch.full((3, 2, 2, 2), 0.6))
+    assert torch.allclose(out.mean((0, 2, 3)), torch.tensor([0.6, 0.6, 0.48, 0.36, 0.24, 0.12]), atol=1e-6)
