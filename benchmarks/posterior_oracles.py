@@ -10,7 +10,8 @@ std 0.25 by default. Jobs, each with its conditional in closed form:
 Per job and method: the worst frame's |regression slope − 1| of the sampled unknown frames on the exact
 conditional mean, and the range over frames of the variance ratio E[(x − E[x|y])²]/Var[x|y] (both 1 when the
 sampler draws the conditional exactly); then ``drift``: the prior extended by 8 windows (16 frames, 8 known)
-through ``tasks.extend`` at its defaults, each window's contrast (std of its new frames / the prior's).
+through ``tasks.extend`` (``both`` at each ``--weights`` w_r, then each method at its defaults), each window's
+contrast (std of its new frames / the prior's).
 
     python benchmarks/posterior_oracles.py                       # the defaults below
     python benchmarks/posterior_oracles.py --rho 0.8 --iterations 1 2 3 4 8
@@ -96,12 +97,14 @@ def main(argv=None):
     if "drift" in args.jobs:
         print("| drift (tasks.extend, 8 windows) | contrast per window | lag-1 correlation |\n| --- | --- | --- |")
         clip = model.draw(1, args.size, args.size, seed=5)[0, :, :8].clamp(-1, 1)
-        for method in ("both", "posterior", "consistency"):
-            out = tasks.extend(model, clip, 64, window=16, method=method, seed=3)
+        runs = [(f"both, w_r {w:g}", dict(guidance_weight=w)) for w in args.weights]
+        runs += [(f"{m} (auto)" if m == "both" else m, dict(method=m)) for m in ("both", "posterior", "consistency")]
+        for label, kw in runs:
+            out = tasks.extend(model, clip, 64, window=16, seed=3, **kw)
             contrast = [out[:, 8 + 8 * w:16 + 8 * w].std().item() / args.std for w in range(8)]
             f = out[0, 8:].reshape(64, -1)
             lag1 = torch.corrcoef(torch.stack([f[:-1].flatten(), f[1:].flatten()]))[0, 1].item()
-            print(f"| {method} | {', '.join(f'{c:.2f}' for c in contrast)} | {lag1:.3f} (prior {args.rho}) |",
+            print(f"| {label} | {', '.join(f'{c:.2f}' for c in contrast)} | {lag1:.3f} (prior {args.rho}) |",
                   flush=True)
 
 
