@@ -15,7 +15,8 @@ weight; then a summary of every method against its baseline. Diffusion outputs a
 averages over all samples, "best-of-S" takes the best sample per clip (max PSNR / min error).
 Sampling is batched straight through ``sampling.sample`` (``run_method``) with the same observations
 and methods the jobs in ``vdm_core.tasks`` use (one window per clip, so no windowing is involved). Without
-``--weights`` each job uses ``settings.auto_guidance_weight`` (8 for extension, 16 for interpolation, ``4·s²`` for upscaling by ``s``).
+``--weights`` each job uses ``settings.auto_guidance_weight`` (8 for extension, 16 for interpolation, ``4·s²``
+for upscaling by ``s``).
 
     python benchmarks/quality.py --clips 64 --samples 4 --steps 16 --methods both --out docs/benchmarks.md
 """

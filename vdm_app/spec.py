@@ -149,8 +149,8 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
             Input("guidance_weight", "FLOAT", "Reconstruction guidance weight w_r: how hard the sample is pulled "
                   "towards the known frames or pixels of the job. −1 (any negative value) = auto, the tuned weight "
                   "for the job: 8 for extend (and a long new clip's later windows), 16 for interpolate, 4·factor² for "
-                  "upscaling by factor (16 at ×2, 64 at ×4). 0 turns guidance off.", default=AUTO_WEIGHT, min=AUTO_WEIGHT, max=1000.0, step=0.5,
-                  flag="--guidance"),
+                  "upscaling by factor (16 at ×2, 64 at ×4). 0 turns guidance off.", default=AUTO_WEIGHT,
+                  min=AUTO_WEIGHT, max=1000.0, step=0.5, flag="--guidance"),
             Input("method", "COMBO", "How the job's known frames steer sampling: both (default, as in VDM: frames "
                   "known exactly are replaced by noised copies and everything else is pulled by reconstruction "
                   "guidance; upscaled frames finally get the input's block averages exactly; every job), "

@@ -24,9 +24,10 @@ with a summed loss; on the bundled model interpolation did best at 16 (docs/benc
 AUTO_WEIGHT_EXTEND = 8.0
 """Auto ``w_r`` for extension: frames known exactly before new ones, also the later windows of a long new clip.
 Extrapolating, reconstruction guidance at 16 overshoots the exact conditional of Gaussian clips and every
-window adds contrast (1.13 rising to 1.26 over 8 windows at ρ 0.9, to 2.2 at ρ 0.95); at 8 it stays at 0.92–1.05,
-and the bundled model's colour drift over 8 windows falls from 9.6 to 6.9 (v1) and 40.7 to 10.4/255
-(independent clips), docs/benchmarks.md "The auto weight of extension"."""
+window adds contrast (1.13 rising to 1.26 over 8 windows at ρ 0.9, to 2.2 at ρ 0.95); at 8 it stays within
+0.92–1.05 for ρ 0.8–0.95 (not for ρ 0.97: 1.22, where only method posterior holds), and the bundled model's
+colour drift over 8 windows falls from 9.6 to 6.9 (v1) and 40.7 to 10.4/255 (independent clips),
+docs/benchmarks.md "The auto weight of extension"."""
 
 
 def auto_guidance_weight(factor: int = 1, extend: bool = False) -> float:
