@@ -3,8 +3,9 @@
 The cases call the library's job API (``vdm_core.tasks``), whose signatures scripts rely on, so a
 refactoring of the sampler, the guidance or the windows cannot change what a job makes unnoticed.
 The extension cases name w_r 16, the auto weight of extension when the file was made (auto is 8 now),
-so the file still guards the sampler of ``both`` unchanged. ``python tests/golden_jobs.py`` rewrites ``tests/golden/jobs.safetensors`` (only do that for a
-deliberate change of behaviour, and say why in the commit); ``tests/test_golden.py`` compares.
+so the file still guards the sampler of ``both`` unchanged. ``python tests/golden_jobs.py`` rewrites
+``tests/golden/jobs.safetensors`` (only do that for a deliberate change of behaviour, and say why in the
+commit); ``tests/test_golden.py`` compares.
 """
 from __future__ import annotations
 

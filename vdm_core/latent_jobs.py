@@ -251,7 +251,7 @@ def run_window(model, caps: Capabilities, job: Job, settings: SamplerSettings, *
     lat = sample_plan(model, caps, p, lat, lambda win: latent_observation(win, lat, space, known, device, auto),
                       settings.for_job(s, extend), progress=progress, device=device)
     out = decoded(space, lat, shape[1])
-    if job.new_frames:
+    if extend:
         out = with_context(out, clip)
     elif s == 1:
         out = with_keyframes(out, clip, k)
