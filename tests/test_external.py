@@ -8,6 +8,7 @@ import torch
 
 from vdm_core import guidance, latent_jobs, sampling, tasks
 from vdm_core.planning import Job
+from vdm_core.data import sprite_batch
 from vdm_core.settings import SamplerSettings, auto_guidance_weight
 from vdm_core.external import LatentSpace, SigmaModel
 from vdm_core.schedule import sampling_angles
@@ -252,6 +253,39 @@ def test_latent_upscale_output_keeps_the_block_means_a_vae_cannot_make(method):
     both = tasks.run(model, Job(keys, multiplier=4, factor=2), SamplerSettings(steps=8, method=method, seed=7))
     assert both.shape == (3, 17, 16, 16)
     assert 255 * (guidance.area_downsample(both[None, :, ::4], 2)[0] - keys).pow(2).mean().sqrt() < 2
+
+
+def test_latent_upscale_corrects_a_smooth_decoder_error_smoothly():
+    """A decoder's error that varies smoothly across the frame (ramps, a slow wave) is taken out by a smooth
+    correction: the held clip has the input's block means and is 3× nearer the truth than after the orthogonal
+    projection, which shifts each block by a constant and leaves a block pattern of the error's slope."""
+    truth = sprite_batch("test", range(1), size=16, frames=3)[0] * 0.9
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+    error = 0.12 * torch.stack([xx, yy, torch.sin(math.pi * (xx + yy) / 2)])[:, None]  # ~20/255 RMS
+    decoded = (truth + error).clamp(-1, 1)
+    low = guidance.area_downsample(truth[None], 2)[0]
+    held = latent_jobs.held_block_means(decoded, low, 2)
+    orthogonal = decoded[None]
+    for _ in range(4):
+        orthogonal = guidance.match_block_means(orthogonal, low[None], 2).clamp(-1, 1)
+    rms = lambda a: 255 * a.pow(2).mean().sqrt().item()  # noqa: E731
+    assert rms(guidance.area_downsample(held[None], 2)[0] - low) < 0.5
+    assert rms(held - truth) < rms(orthogonal[0] - truth) / 3, (rms(held - truth), rms(orthogonal[0] - truth))
+
+
+def test_latent_upscale_with_interpolation_carries_the_held_keys_residual_between_them():
+    """Upscaling composed with interpolation: the keyframes, known at half resolution, are held to their block
+    means and the correction is carried to the frames between, so a decoder with a constant colour error gives
+    the same clip as an exact one (before, the frames between kept the error)."""
+    keys = guidance.area_downsample(clip_of(3, 16, 16, seed=8)[None] * 0.7, 2)[0]
+    outs = []
+    for bias in (0.0, 0.1):
+        model = latent_model()
+        final = model.space.decode_final
+        model.space = dataclasses.replace(model.space, decode_final=lambda x, b=bias: final(x) + b)
+        outs.append(tasks.run(model, Job(keys, multiplier=4, factor=2), SamplerSettings(steps=6, seed=9)))
+    assert outs[0].shape == (3, 9, 16, 16)
+    assert (outs[1] - outs[0]).abs().max() < 1e-4
 
 
 def test_latent_extension_goes_window_by_window_from_encoded_frames():

@@ -111,18 +111,33 @@ def decoded(space: LatentSpace, lat: Tensor, frames: int) -> Tensor:
     return clip[:, :frames].detach().float().cpu().clamp(-1, 1)
 
 
-def held_block_means(clip: Tensor, low: Tensor, factor: int, rounds: int = 4) -> Tensor:
+def held_block_means(clip: Tensor, low: Tensor, factor: int, rounds: int = 8) -> Tensor:
     """The decoded ``clip`` ``[3, F, H, W]`` in [-1, 1] moved onto the clips in [-1, 1] whose area averages by
-    ``factor`` are ``low`` ``[3, F, H/f, W/f]``: ``rounds`` alternations of the orthogonal projection
-    ``guidance.match_block_means`` and the clamp to [-1, 1] (projections onto convex sets). Each is a projection
-    onto a convex set that holds every such clip, the truth of an upscaling job among them, so the result is
-    never farther from it than the decoded clip. A decoder cannot make every clip (its reconstruction error
-    stays in its output whatever the sampler does); the bundled path's sampler ends with the same projection
-    (``sampling.projected``), before its clamp."""
+    ``factor`` are ``low`` ``[3, F, H/f, W/f]``, by a smooth correction: ``rounds`` of back-projection
+    ``x ← clamp(x + U(y − D x))`` (``D = guidance.area_downsample``, ``U`` bicubic upsampling; ``D U`` is a mild
+    blur, so the block-mean error shrinks geometrically), then 4 alternations of the orthogonal projection
+    ``guidance.match_block_means`` and the clamp, which remove what is left exactly. Without the clamp the
+    back-projection's limit is ``x + U (D U)⁻¹ (y − D x)``: the oblique projection that changes ``x`` by a field
+    in the range of ``U``, smooth across blocks, where the orthogonal one shifts every block by a constant and
+    leaves a block pattern wherever the decoder's error varies smoothly (a decoder cannot make every clip: its
+    reconstruction error stays in its output whatever the sampler does). From ``x = 0`` it is a bicubic
+    upsampling whose block means are exact. The bundled path's sampler ends with the orthogonal projection
+    (``sampling.projected``) of a sample that already holds them."""
     x, y = clip.unsqueeze(0), low.unsqueeze(0).to(clip)
     for _ in range(rounds):
+        x = (x + _bicubic_upsample(y - guidance.area_downsample(x, factor), factor)).clamp(-1, 1)
+    for _ in range(4):
         x = guidance.match_block_means(x, y, factor).clamp(-1, 1)
     return x[0]
+
+
+def _bicubic_upsample(x: Tensor, factor: int) -> Tensor:
+    """``[B, C, F, h, w] -> [B, C, F, h·f, w·f]``, every frame by bicubic interpolation (``align_corners=False``,
+    which reproduces constants)."""
+    b, c, f, h, w = x.shape
+    frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+    up = torch.nn.functional.interpolate(frames, scale_factor=factor, mode="bicubic", align_corners=False)
+    return up.reshape(b, f, c, h * factor, w * factor).permute(0, 2, 1, 3, 4)
 
 
 def with_keyframes(sample: Tensor, keys: Tensor, k: int) -> Tensor:
@@ -252,12 +267,9 @@ def run_window(model, caps: Capabilities, job: Job, settings: SamplerSettings, *
                       settings.for_job(s, extend), progress=progress, device=device)
     out = decoded(space, lat, shape[1])
     if extend:
-        out = with_context(out, clip)
-    elif s == 1:
-        out = with_keyframes(out, clip, k)
-    else:
-        out[:, ::k] = held_block_means(out[:, ::k], clip, s)
-    return out
+        return with_context(out, clip)
+    keys = clip if s == 1 else held_block_means(out[:, ::k], clip, s)
+    return with_keyframes(out, keys, k)
 
 
 def generate_latent(model, caps: Capabilities, frames: int, height: int, width: int, *, window: int | None,
