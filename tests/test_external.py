@@ -188,11 +188,13 @@ def test_latent_pixel_observations_fall_as_the_weight_rises(job):
     truth = ToyVAE().decode(ToyVAE().encode(clip_of(17, 16, 16, seed=3)[None]))[0]  # a clip the VAE can make
     if job == "interpolate":
         clip = truth[:, ::4]  # 5 keyframes → 17 frames
-        run = lambda w: tasks.interpolate(model, clip, 4, steps=8, guidance_weight=w, seed=4)  # noqa: E731
+        run = lambda w: tasks.interpolate(model, clip, 4, steps=8, guidance_weight=w, method="reconstruction",  # noqa: E731
+                                          seed=4)
         err = lambda out: (out - truth).pow(2).mean().sqrt()  # noqa: E731
     else:
         clip = guidance.area_downsample(truth[None], 2)[0]
-        run = lambda w: tasks.upscale(model, clip, 2, steps=8, guidance_weight=w, seed=4)  # noqa: E731
+        run = lambda w: tasks.upscale(model, clip, 2, steps=8, guidance_weight=w, method="reconstruction",  # noqa: E731
+                                      seed=4)
         err = lambda out: (guidance.area_downsample(out[None], 2)[0] - clip).pow(2).mean().sqrt()  # noqa: E731
     auto = auto_guidance_weight(1 if job == "interpolate" else 2)
     for w in (0.0, auto / 4, auto):  # gains 0, 1/4 and 1 on the observed pixels
@@ -212,10 +214,11 @@ def test_latent_generate_and_sizes_the_vae_cannot_make():
 
 
 @pytest.mark.parametrize("job", ["interpolate", "upscale"])
-def test_latent_observations_hold_with_posterior_and_consistency(job):
-    """Through the VAE, the known pixels hold within 2/255 RMS with methods posterior and consistency, where
-    ``both`` at its auto weight misses them (measured at 16 steps, RMS /255: interpolation both 10.0, posterior
-    0.01, consistency 0.00; upscaling's block means 18.1, 0.52, 0.00)."""
+def test_latent_observations_hold_with_both_posterior_and_consistency(job):
+    """Through the VAE, the known pixels hold within 2/255 RMS with methods both (its data consistency through
+    the decoder), posterior and consistency, where reconstruction guidance alone at the auto weight misses them
+    (measured at 16 steps, RMS /255: interpolation reconstruction 11.8, both 0.00, posterior 0.02, consistency
+    0.00; upscaling's block means 18.1, 0.00, 0.52, 0.00)."""
     model = latent_model()
     sampled = sampled_clips(model)
     truth = ToyVAE().decode(ToyVAE().encode(clip_of(17, 16, 16, seed=3)[None]))[0]  # a clip the VAE can make
@@ -227,11 +230,11 @@ def test_latent_observations_hold_with_posterior_and_consistency(job):
         clip = guidance.area_downsample(truth[None], 2)[0]
         run = lambda m: tasks.upscale(model, clip, 2, steps=16, method=m, seed=4)  # noqa: E731
         err = lambda out: (guidance.area_downsample(out[None], 2)[0] - clip).pow(2).mean().sqrt()  # noqa: E731
-    methods = ("both", "posterior", "consistency")
+    methods = ("reconstruction", "both", "posterior", "consistency")
     for m in methods:
         run(m)
     errs = {m: 255 * err(x).item() for m, x in zip(methods, sampled)}  # as sampled, before the job's own hold
-    assert errs["posterior"] < 2 and errs["consistency"] < 2 and errs["both"] > 4, errs
+    assert max(errs[m] for m in methods[1:]) < 2 and errs["reconstruction"] > 4, errs
 
 
 @pytest.mark.parametrize("method", ["both", "posterior", "consistency"])

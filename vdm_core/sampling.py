@@ -188,7 +188,11 @@ def conditioned(model, observation: Observation | None = None, *, method: str = 
     * ``"both"`` (VDM): ``replaced`` on the frames known exactly (``observation.selection``, if any) around
       ``guided`` of everything, so the guidance acts on the generated frames as VDM's ``∇_{z^b_t}``;
       then, where the observation has a projection, ``projected`` at ``final_angle`` (the last step's
-      angle): upscaled frames end with the input's block means exactly.
+      angle): upscaled frames end with the input's block means exactly. An observation with neither (pixels
+      seen through a VAE decoder) cannot be replaced in ``z``; there ``posterior.consistent`` follows
+      ``guided`` at every step, ``x̃`` ← the clip nearest ``x̂`` that agrees with ``y``: replacement's
+      counterpart through a decoder (trained tiny Wan of tests/harness/models, docs/benchmarks.md: every job
+      then beats its baseline on the v1 set).
     * ``"posterior"``: as ``both`` with ``posterior.posterior`` in place of ``guided``: ``x̃ = x̂ + J Aᵀ (A J Aᵀ)⁻¹
       (y − A(x̂))``, ``J = ∂x̂/∂z_t`` (Tweedie's posterior covariance up to ``σ²/α``; Boys et al. 2023), by
       ``iterations`` conjugate-gradient steps of one backward pass each. ``guidance_weight`` is not used.
@@ -215,6 +219,8 @@ def conditioned(model, observation: Observation | None = None, *, method: str = 
             den = consistent(den, observation, iterations)
         elif method != "replacement" and guidance_weight > 0:
             den = guided(den, observation, guidance_weight)
+        if method == "both" and known is not observation and observation.project is None:
+            den = consistent(den, observation, iterations)  # what cannot be replaced in z: through a decoder
         if known is not None:
             den = replaced(den, known, generator)
     if clip:
