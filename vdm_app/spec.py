@@ -153,8 +153,8 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                   min=AUTO_WEIGHT, max=1000.0, step=0.5, flag="--guidance"),
             Input("method", "COMBO", "How the job's known frames steer sampling: both (default, as in VDM: frames "
                   "known exactly are replaced by noised copies and everything else is pulled by reconstruction "
-                  "guidance; upscaled frames finally get the input's block averages exactly; pixels a ComfyUI model sees "
-                  "through its VAE are also held as in consistency; every job), "
+                  "guidance; upscaled frames finally get the input's block averages exactly; pixels a ComfyUI "
+                  "model sees through its VAE are also held as in consistency; every job), "
                   "reconstruction (guidance only), replacement (no guidance; extend and interpolate only), posterior "
                   "(as both, but the model's own Jacobian says how the known frames pull the rest: exact on Gaussian "
                   "test data where both over- or undershoots, about 3× the time of both; no weight) or consistency "
@@ -164,10 +164,10 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
             _int("seed", 0, 0, 0xFFFFFFFFFFFFFFFF, "Noise seed; the same seed gives the same clip on any device.",
                  seed=True, flag="--seed"),
             _int("iterations", settings.DEFAULT_ITERATIONS, 1, 32, "Methods posterior and consistency, and both "
-                 "through a VAE: solver iterations per step. Posterior: each is one backward pass through the model (time grows with it); "
-                 f"{settings.DEFAULT_ITERATIONS} is exact on Gaussian test data. Consistency (and both through a VAE): "
-                 "passes through the VAE decoder only. Optional, so API prompts saved before it existed still run.", flag="--iterations",
-                 optional=True),
+                 "through a VAE: solver iterations per step. Posterior: each is one backward pass through the model "
+                 f"(time grows with it); {settings.DEFAULT_ITERATIONS} is exact on Gaussian test data. Consistency "
+                 "(and both through a VAE): passes through the VAE decoder only. Optional, so API prompts saved "
+                 "before it existed still run.", flag="--iterations", optional=True),
             Input("job", "VDM_JOB", "What to make: the output of Extend Clip, Interpolate Frames or Upscale Video. "
                   "Unconnected: a new clip of length × width × height.", optional=True),
         ),
