@@ -122,8 +122,8 @@ def test_posterior_guidance_extends_through_each_prediction_type(kind, pack):
     posterior guidance gets the conditional mean (worst-frame slope error ≤ 0.05; measured 0.019–0.027, 'both' at
     auto 0.41–0.46) and its spread within 0.8–1.25. The discrete schedules (EPS, V, V_DDPM, X0) start at σ_max =
     14.6, short of pure noise; from noise alone, as ComfyUI's KSampler starts, their far frames undershot by 0.054,
-    and with the start's signal α₀·x̃ (``sampling.sample``) they are within 0.021 like the rest. The spread is that of what an exact sampler returns on this
-    grid, x̂ at its last level φ: E[x | z_φ, y], whose covariance is C − (C⁻¹ + α²/σ²·I)⁻¹ for the conditional
+    and with the start's signal α₀·x̃ (``sampling.sample``) they are within 0.021 like the rest. The spread is that
+    of what an exact sampler returns on this grid, x̂ at its last level φ: E[x | z_φ, y], whose covariance is C − (C⁻¹ + α²/σ²·I)⁻¹ for the conditional
     covariance C — the discrete schedules (EPS, V, X0) end at σ ≈ 0.09, where that is 0.62–0.87 of C."""
     comfy_model, *_ = pack
     prior = oracle.CorrelatedGaussian(16, 0.9, 0.25)

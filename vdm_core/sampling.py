@@ -219,8 +219,8 @@ def conditioned(model, observation: Observation | None = None, *, method: str = 
             den = consistent(den, observation, iterations)
         elif method != "replacement" and guidance_weight > 0:
             den = guided(den, observation, guidance_weight)
-        if method == "both" and known is not observation and observation.project is None:
-            den = consistent(den, observation, iterations)  # what cannot be replaced in z: through a decoder
+        if method == "both" and observation.frame_indices is None and observation.project is None:
+            den = consistent(den, observation, iterations)  # neither replaced nor projected: through a decoder
         if known is not None:
             den = replaced(den, known, generator)
     if clip:
