@@ -22,7 +22,7 @@ import torch
 
 from vdm_core import checkpoint, tasks
 from vdm_core.metrics import window_drift
-from vdm_core.settings import DEFAULT_STEPS, METHODS
+from vdm_core.settings import DEFAULT_ITERATIONS, DEFAULT_STEPS, METHODS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import SETS  # noqa: E402  (benchmarks/ is not a package)
@@ -36,6 +36,8 @@ def main(argv=None) -> None:
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     ap.add_argument("--methods", nargs="+", default=["both"], choices=METHODS)
+    ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
+                    help="conjugate-gradient iterations of methods posterior and consistency")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
@@ -47,7 +49,8 @@ def main(argv=None) -> None:
     new = per_window * args.windows
     cmd = "python benchmarks/long_extension.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"Command: `{cmd}`\n\nModel: {args.model or 'bundled'} ({frames} frames × {model.config.resolution}²). "
-          f"{known} known frames, {new} new in {args.windows} windows, {args.steps} steps, η = 0, auto weight. "
+          f"{known} known frames, {new} new in {args.windows} windows, {args.steps} steps, η = 0, auto weight, "
+          f"{args.iterations} iterations. "
           f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads.\n")
     cols = " | ".join(f"w{w + 1}" for w in range(args.windows))
     print(f"| method | set | measure | {cols} | time s |\n| --- | --- | --- | {' | '.join(['---'] * args.windows)} | --- |",
@@ -56,7 +59,8 @@ def main(argv=None) -> None:
         for name in args.sets:
             ts = SETS[name](args.clips, model.config.resolution, frames)
             t0 = time.perf_counter()
-            outs = [tasks.extend(model, clip[:, :known], new, steps=args.steps, method=method, seed=i)
+            outs = [tasks.extend(model, clip[:, :known], new, steps=args.steps, method=method, seed=i,
+                                 iterations=args.iterations)
                     for i, clip in enumerate(ts.x)]
             dt = time.perf_counter() - t0
             colour, contrast = window_drift(torch.stack(outs), known, per_window)
