@@ -7,9 +7,9 @@ It starts its own server — ``$COMFY_HOME/ComfyUI/main.py --cpu --port PORT --b
 — runs the checks and stops it again (only the process it started). Checks:
 
 * the node's definition in ``/object_info``;
-* every job on tiny Wan 2.1 (and extension on tiny LTX-Video): frame count and size of the saved video;
+* every job on tiny Wan 2.1 and on tiny LTX-Video: frame count and size of the saved video;
 * guidance: the job's error against what is known or true, at w_r 0, auto (the job's own weight, −1) and
-  250 and 1000, the widget's maximum, and for each other method —
+  250 and 1000, the widget's maximum (LTX-Video: auto only), and for each other method —
   upscaling: the output's area average against the low-resolution input (the observation itself, RMS in
   1/255; checked to stay within 2 whatever the weight and method);
   interpolation: the new frames against the true in-between frames; extension of 7 frames (1 + 4 + 2:
@@ -20,7 +20,7 @@ It starts its own server — ``$COMFY_HOME/ComfyUI/main.py --cpu --port PORT --b
   against its memory before them (nothing of ours should keep tensors alive).
 
 usage: $COMFY_HOME/venv/bin/python tests/harness/server_e2e.py BASE [--port 8293] [--steps 6]
-           [--weights 0 -1 250 1000] [--json OUT]
+           [--weights 0 -1 250 1000] [--only CASE ...] [--json OUT]
 """
 from __future__ import annotations
 
@@ -196,6 +196,7 @@ def main():
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, -1.0, 250.0, 1000.0])
     ap.add_argument("--methods", nargs="+", default=["posterior", "consistency"],
                     help="methods run beside both's w_r sweep (they take no weight)")
+    ap.add_argument("--only", nargs="+", metavar="CASE", help="run only these cases (e.g. ltxv_upscale ltxv_interpolate)")
     ap.add_argument("--json")
     a = ap.parse_args()
     report, fails = {"comfy_home": str(HOME), "steps": a.steps, "jobs": []}, []
@@ -209,8 +210,12 @@ def main():
     truth_i = data.sprite_clip(2, size=32, frames=9)           # interpolation: the even frames are the input
     truth_u = data.sprite_clip(3, size=32, frames=9)           # upscale: its 16×16 area average is the input
     truth_e = data.sprite_clip(1, size=32, frames=17)          # extension: the first 7 / 9 frames are the input
+    truth_il = data.sprite_clip(2, size=64, frames=9)          # the same for LTX-Video (32× spatial compression)
+    truth_ul = data.sprite_clip(3, size=64, frames=9)
     video_write.write_video(work / "vdm_e2e_interp.mp4", truth_i[:, ::2], 8, crf=0)
     video_write.write_video(work / "vdm_e2e_low.mp4", guidance.area_downsample(truth_u[None], 2)[0], 8, crf=0)
+    video_write.write_video(work / "vdm_e2e_interp64.mp4", truth_il[:, ::2], 8, crf=0)
+    video_write.write_video(work / "vdm_e2e_low64.mp4", guidance.area_downsample(truth_ul[None], 2)[0], 8, crf=0)
     with Server(a.base, a.port) as srv:
         info = srv.get("/object_info/VDM_FromComfyModel")["VDM_FromComfyModel"]
         report["comfyui"] = srv.get("/system_stats")["system"]["comfyui_version"]
@@ -222,6 +227,7 @@ def main():
         check(info["output"] == ["VDM_MODEL"] and info["output_name"] == ["model"], f"output {info['output_name']}")
         interp_in = srv.upload(work / "vdm_e2e_interp.mp4")
         low_in = srv.upload(work / "vdm_e2e_low.mp4")
+        interp64_in, low64_in = srv.upload(work / "vdm_e2e_interp64.mp4"), srv.upload(work / "vdm_e2e_low64.mp4")
         got_i = video_io.read_video(work / "vdm_e2e_interp.mp4").frames
         got_l = video_io.read_video(work / "vdm_e2e_low.mp4").frames
         report["upload_codec_mae"] = [mae(got_i, truth_i[:, ::2]), mae(got_l, guidance.area_downsample(truth_u[None], 2)[0])]
@@ -250,6 +256,15 @@ def main():
         cases.append(("ltxv_extend9", "ltxv", {"35": {"class_type": "VDM_SpriteClip", "inputs": {
             "seed": 1, "size": 64, "length": 9, "fps": 8.0}}, **job("extend", ["35", 0], ["35", 1])},
             (3, 17, 64, 64), None, False))
+        cases.append(("ltxv_interpolate", "ltxv", {**clip_nodes(interp64_in), **job("interpolate", ["32", 0], ["32", 2])},
+                      (3, 9, 64, 64), lambda out: mae(out[:, 1::2], truth_il[:, 1::2]), False))
+        cases.append(("ltxv_upscale", "ltxv", {**clip_nodes(low64_in), **job("upscale", ["32", 0], ["32", 2])},
+                      (3, 9, 64, 64), lambda out, seen: rms255(guidance.area_downsample(out[None], 2)[0], seen), True))
+        if a.only:
+            unknown = set(a.only) - {c[0] for c in cases}
+            if unknown:
+                sys.exit(f"--only: no case {', '.join(sorted(unknown))}; the cases: {', '.join(c[0] for c in cases)}")
+            cases = [c for c in cases if c[0] in a.only]
         # holds: only where the saved video shows the observation itself (upscaling: its area average, RMS in
         # 1/255, within 2 for every weight and method: the job projects its output onto the input's block means).
         # Extension and interpolation copy the known frames into the output, so their error is measured on
@@ -258,7 +273,7 @@ def main():
         # tests/harness/eval_tiny_wan.py the sample's own on a trained model)
         for name, model, nodes, shape, metric, holds in cases:
             model_nodes, ref = wan_model() if model == "wan" else ltxv_model()
-            weights = a.weights if metric is not None else [-1.0]
+            weights = a.weights if metric is not None and model == "wan" else [-1.0]
             runs = [("both", w) for w in weights] + ([(m, -1.0) for m in a.methods] if name != "generate" else [])
             errs = {}
             for method, w in runs:
