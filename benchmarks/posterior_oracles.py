@@ -10,7 +10,8 @@ std 0.25 by default. Jobs, each with its conditional in closed form:
 Per job and method: the worst frame's |regression slope − 1| of the sampled unknown frames on the exact
 conditional mean, and the range over frames of the variance ratio E[(x − E[x|y])²]/Var[x|y] (both 1 when the
 sampler draws the conditional exactly); then ``drift``: the prior extended by 8 windows (16 frames, 8 known)
-through ``tasks.extend`` (``both`` at each ``--weights`` w_r, then each method at its defaults), each window's
+through ``tasks.extend`` (``both`` at each ``--weights`` w_r and at auto, posterior at each ``--iterations``,
+consistency), each window's
 contrast (std of its new frames / the prior's).
 
     python benchmarks/posterior_oracles.py                       # the defaults below
@@ -98,7 +99,9 @@ def main(argv=None):
         print("| drift (tasks.extend, 8 windows) | contrast per window | lag-1 correlation |\n| --- | --- | --- |")
         clip = model.draw(1, args.size, args.size, seed=5)[0, :, :8].clamp(-1, 1)
         runs = [(f"both, w_r {w:g}", dict(guidance_weight=w)) for w in args.weights]
-        runs += [(f"{m} (auto)" if m == "both" else m, dict(method=m)) for m in ("both", "posterior", "consistency")]
+        runs += [("both (auto)", dict(method="both"))]
+        runs += [(f"posterior, {k} it.", dict(method="posterior", iterations=k)) for k in args.iterations]
+        runs += [("consistency", dict(method="consistency"))]
         for label, kw in runs:
             out = tasks.extend(model, clip, 64, window=16, seed=3, **kw)
             contrast = [out[:, 8 + 8 * w:16 + 8 * w].std().item() / args.std for w in range(8)]
