@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 import types
+from contextlib import nullcontext
 
 import torch
 from torch.utils import flop_counter
@@ -63,17 +64,20 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def jobs(model: torch.nn.Module, call) -> dict:
-    """The two timed jobs of a network: ``forward`` (no grad, as in sampling) and ``forward+backward``."""
+def jobs(model: torch.nn.Module, call, autocast=nullcontext) -> dict:
+    """The two timed jobs of a network, each under ``autocast()``: ``forward`` (no grad, as in sampling) and
+    ``forward+backward`` (backward of a mean square, a training step without the optimizer)."""
     model.train()  # dropout is 0 in both networks; train mode as in a training step
 
     def forward():
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             call(model)
 
     def forward_backward():
         model.zero_grad(set_to_none=True)
-        call(model).float().square().mean().backward()
+        with autocast():
+            out = call(model)
+        out.float().square().mean().backward()
 
     return {"fwd": forward, "fwdbwd": forward_backward}
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import count_flops, import_theirs  # noqa: E402  (benchmarks/ is not a package)
+from speed import count_flops, import_theirs, jobs  # noqa: E402  (benchmarks/ is not a package)
 
 from vdm_core.unet3d import UNet3D, UNet3DConfig  # noqa: E402
 
@@ -67,22 +67,9 @@ def matmul_rate(n: int, dtype: torch.dtype, device: torch.device, clock: Clock, 
     return 2 * n ** 3 / statistics.median(clock(lambda: a @ b) for _ in range(runs)) / 1e12
 
 
-def jobs(model, call, precision: str, device: torch.device) -> dict:
-    """``fwd`` (no grad) and ``fwdbwd`` (backward of a mean square) of ``call(model)`` in ``precision``."""
-    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
-
-    def fwd():
-        with torch.no_grad(), amp():
-            call(model)
-
-    def fwdbwd():
-        for p in model.parameters():
-            p.grad = None
-        with amp():
-            out = call(model)
-        out.float().square().mean().backward()
-
-    return {"fwd": fwd, "fwdbwd": fwdbwd}
+def autocast_of(precision: str, device: torch.device):
+    """The context ``speed.jobs`` runs a job in: bf16 autocast for ``"bf16"``, nothing for ``"fp32"``."""
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
 
 
 def measure(fn, clock: Clock, runs: int, device: torch.device) -> dict:
@@ -148,7 +135,7 @@ def main(argv=None) -> None:
          cudnn_allow_tf32=torch.backends.cudnn.allow_tf32, matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     nets = networks(args, device)
     shape = [args.batch, 3, args.frames, args.size, args.size]
-    flops = {name: {job: count_flops(fn) for job, fn in jobs(m, call, "fp32", device).items()}
+    flops = {name: {job: count_flops(fn) for job, fn in jobs(m, call).items()}
              for name, (m, call) in nets.items()}
     compiled = {}
     plan = [(name, prec, False) for prec in ("fp32", "bf16") for name in nets] + \
@@ -157,7 +144,7 @@ def main(argv=None) -> None:
         model, call = nets[name]
         if comp and name not in compiled:
             compiled[name] = torch.compile(model, dynamic=False)  # one static graph per shape, as in training
-        for job, fn in jobs(compiled[name] if comp else model, call, precision, device).items():
+        for job, fn in jobs(compiled[name] if comp else model, call, autocast_of(precision, device)).items():
             base = dict(kind="unet", net=name, params_m=sum(x.numel() for x in model.parameters()) / 1e6,
                         input=shape, widths=[args.base_width * m for m in args.width_mults], precision=precision,
                         compiled=comp, job=job, gflop=flops[name][job] / 1e9)
