@@ -1,0 +1,82 @@
+"""The Gaussian extension through Use ComfyUI Model on each prediction type's own step grid, at several step counts.
+
+The prior and job of ``benchmarks/posterior_oracles.py`` (AR(1) clips, 16 frames, frames 0–7 known; frame 7+k
+has mean ρᵏ·x₇), wrapped in each prediction type's coordinates as the node reads them (stand-ins of ComfyUI's
+model_sampling formulas, tests/comfy_model_sampling.py, loaded with the pack as tests/test_comfy_model.py
+does) and sampled on the model's own σ grid (``SigmaModel.angles``: Wan's shift 8, LTX-Video's shift, the
+discrete schedules' σ_max 14.6 …). Per prediction type, step count and method: the worst frame's |slope − 1|
+of the new frames on the exact conditional mean, and the range of their variance ratio against the exact
+conditional variance (1 for an exact sampler run to σ = 0), beside the ratio an exact sampler reaches on that
+grid: its last step returns x̂ at the grid's last nonzero σ, E[x | z_φ, y], whose covariance is
+C − (C⁻¹ + α²/σ²·I)⁻¹ for the conditional covariance C (tests/test_comfy_model.py compares with that).
+
+    python benchmarks/comfy_grid_oracles.py                                  # every kind, 32 and 100 steps
+    python benchmarks/comfy_grid_oracles.py --kinds flow_shift8 --steps 32 64 100 200
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
+import comfy_model_sampling as cms  # noqa: E402  (tests/ is not a package)
+import comfy_stubs  # noqa: E402
+import oracle  # noqa: E402
+from comfy_pack import stubbed_pack  # noqa: E402
+
+from vdm_core import guidance, sampling  # noqa: E402
+from vdm_core.external import SigmaModel  # noqa: E402
+from vdm_core.settings import SamplerSettings  # noqa: E402
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kinds", nargs="+", default=sorted(cms.KINDS), choices=sorted(cms.KINDS))
+    ap.add_argument("--steps", type=int, nargs="+", default=[32, 100])
+    ap.add_argument("--methods", nargs="+", default=["posterior", "both"])
+    ap.add_argument("--rho", type=float, default=0.9)
+    ap.add_argument("--std", type=float, default=0.25)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    prior = oracle.CorrelatedGaussian(16, args.rho, args.std)
+    x = prior.draw(16, 24, 24, seed=22)
+    known = list(range(8))
+    k, _ = oracle.gaussian_conditional(prior.cov, known)
+    mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known])
+    cond = prior.cov[8:, 8:] - k @ prior.cov[known][:, 8:]
+    var = torch.diag(cond)
+    obs = guidance.select_frames(x[:, :, known], known, 16)
+    print(f"Command: `python benchmarks/comfy_grid_oracles.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
+          f"\n\nρ {args.rho}, std {args.std}, 16 clips × 24² series, extension 8 → 16 frames, auto weight.\n")
+    print("| kind | steps | last σ's angle | method | worst slope error | variance ratio | exact on this grid |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
+    stubs = comfy_stubs.modules(tempfile.mkdtemp(prefix="vdm_grid_"))
+    name = "custom_nodes_comfyui-vdm_grid_oracles"
+    with stubbed_pack(stubs, name=name):
+        comfy_model = sys.modules[name + ".nodes.comfy_model"]
+        for kind in args.kinds:
+            scaling, lo, hi, sigmas = comfy_model.sampling_functions(cms.KINDS[kind]())
+            model = SigmaModel(scaling, lo, hi, sigmas, channels=1,
+                               denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
+            for steps in args.steps:
+                angles = model.angles(steps)
+                snr = math.cos(angles[-2]) ** 2 / math.sin(angles[-2]) ** 2  # x̂ of the last step: at angles[-2]
+                last = torch.diag(cond - torch.linalg.inv(torch.linalg.inv(cond) + snr * torch.eye(8, dtype=cond.dtype)))
+                reach = last / var
+                for method in args.methods:
+                    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(20))
+                    settings = SamplerSettings(method=method).for_job(extend=True)
+                    out = sampling.sample(model, noise, angles, settings, observation=obs, clip=False)
+                    slopes, ratios = oracle.frame_fit(out[:, :, 8:], mean, var)
+                    print(f"| {kind} | {steps} | {angles[-2]:.3f} | {method} | {max(abs(s - 1) for s in slopes):.3f} | "
+                          f"{min(ratios):.2f}–{max(ratios):.2f} | {reach.min():.2f}–{reach.max():.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
