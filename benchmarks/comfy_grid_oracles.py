@@ -16,7 +16,6 @@ C − (C⁻¹ + α²/σ²·I)⁻¹ for the conditional covariance C (tests/test_
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -47,9 +46,8 @@ def main(argv=None) -> None:
     prior = oracle.CorrelatedGaussian(16, args.rho, args.std)
     x = prior.draw(16, 24, 24, seed=22)
     known = list(range(8))
-    k, _ = oracle.gaussian_conditional(prior.cov, known)
+    k, cond = oracle.conditional(prior.cov, known)
     mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known])
-    cond = prior.cov[8:, 8:] - k @ prior.cov[known][:, 8:]
     var = torch.diag(cond)
     obs = guidance.select_frames(x[:, :, known], known, 16)
     print(f"Command: `python benchmarks/comfy_grid_oracles.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
@@ -66,9 +64,7 @@ def main(argv=None) -> None:
                                denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
             for steps in args.steps:
                 angles = model.angles(steps)
-                snr = math.cos(angles[-2]) ** 2 / math.sin(angles[-2]) ** 2  # x̂ of the last step: at angles[-2]
-                last = torch.diag(cond - torch.linalg.inv(torch.linalg.inv(cond) + snr * torch.eye(8, dtype=cond.dtype)))
-                reach = last / var
+                reach = oracle.variance_at(cond, angles[-2]) / var  # x̂ of the last step: at angles[-2]
                 for method in args.methods:
                     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(20))
                     settings = SamplerSettings(method=method).for_job(extend=True)

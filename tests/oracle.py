@@ -76,13 +76,28 @@ def regression_error(out, y, unknown, known, cov):
     return torch.linalg.norm(k_hat - k).item()
 
 
-def gaussian_conditional(cov, known):
-    """(K, var): E[x^b | x^a] = K x^a and the variances diag(Cov[x^b | x^a]) of the frames not in ``known``
-    (a: ``known``, b: the others, in order) for frames x ~ N(0, cov)."""
+def conditional(cov, known):
+    """(K, C): E[x^b | x^a] = K x^a and C = Cov[x^b | x^a] of the frames not in ``known`` (a: ``known``, b: the
+    others, in order) for frames x ~ N(0, cov)."""
     f = cov.shape[0]
     unknown = [i for i in range(f) if i not in known]
     k = cov[unknown][:, known] @ torch.linalg.inv(cov[known][:, known])
-    return k, torch.diag(cov[unknown][:, unknown] - k @ cov[known][:, unknown])
+    return k, cov[unknown][:, unknown] - k @ cov[known][:, unknown]
+
+
+def gaussian_conditional(cov, known):
+    """(K, var): :func:`conditional` with only the variances diag(Cov[x^b | x^a])."""
+    k, c = conditional(cov, known)
+    return k, torch.diag(c)
+
+
+def variance_at(cond, phi):
+    """diag Cov[E[x^b | z_φ, y]] = diag(C − (C⁻¹ + α²/σ²·I)⁻¹) for the conditional covariance ``cond`` = C: the
+    spread an exact sampler gives new frames when its last step returns x̂ at angle ``phi`` (a grid that ends
+    short of σ = 0)."""
+    snr = math.cos(phi) ** 2 / math.sin(phi) ** 2
+    eye = torch.eye(cond.shape[0], dtype=cond.dtype)
+    return torch.diag(cond - torch.linalg.inv(torch.linalg.inv(cond) + snr * eye))
 
 
 def frame_fit(out, mean, var):

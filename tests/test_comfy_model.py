@@ -132,12 +132,10 @@ def test_posterior_guidance_extends_through_each_prediction_type(kind, pack):
                        denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
     x = prior.draw(16, 24, 24, seed=22)
     known = list(range(8))
-    k, _ = oracle.gaussian_conditional(prior.cov, known)
+    k, cond = oracle.conditional(prior.cov, known)
     mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known])
-    cond = prior.cov[8:, 8:] - k @ prior.cov[known][:, 8:]
     angles = model.angles(STEPS)
-    snr = math.cos(angles[-2]) ** 2 / math.sin(angles[-2]) ** 2  # x̂ of the last step: at angles[-2]
-    var = torch.diag(cond - torch.linalg.inv(torch.linalg.inv(cond) + snr * torch.eye(8, dtype=cond.dtype)))
+    var = oracle.variance_at(cond, angles[-2])  # x̂ of the last step: at angles[-2]
     obs = guidance.select_frames(x[:, :, known], known, 16)
     out = sampling.sample(model, torch.randn(x.shape, generator=torch.Generator().manual_seed(20)), angles,
                           SamplerSettings(method="posterior"), observation=obs, clip=False)
