@@ -363,18 +363,27 @@ def test_interpolation_and_upscaling_are_no_worse_than_both(job):
     assert spread["posterior"] <= spread["both"] + 0.02, (spread, fit)
 
 
+def _window_contrast(rho, std, runs):
+    """{label: the contrast of each of 8 windows}: 8 frames of a stationary AR(1) prior (``rho``, ``std``)
+    extended by 64 through tasks.extend (16-frame windows, 8 known each) with each run's keyword arguments; a
+    window's contrast is the std of its 8 new frames over the prior's."""
+    model = CorrelatedGaussian(16, rho, std)
+    clip = model.draw(1, 32, 32, seed=5)[0, :, :8].clamp(-1, 1)
+    contrast = {}
+    for label, kw in runs.items():
+        out = tasks.extend(model, clip, 64, window=16, seed=3, **kw)
+        contrast[label] = [out[:, 8 + 8 * w:16 + 8 * w].std().item() / std for w in range(8)]
+    return contrast
+
+
 @pytest.mark.parametrize("rho,std", [(0.9, 0.25), (0.95, 0.2), (0.8, 0.25)])
 def test_eight_extension_windows_keep_the_prior_contrast(rho, std):
     """A stationary prior extended by 8 windows of 16 frames (8 known each) through tasks.extend at its defaults:
     the exact conditional forgets the start, so each window's new frames should have the prior's std. At the
     defaults ('both' at extension's auto weight, and posterior) every window's contrast is 0.9–1.1; 'both' at
     w_r 16, the auto weight of interpolation, climbs (measured 1.13 → 1.28 at ρ 0.9, to 2.2 at ρ 0.95)."""
-    model = CorrelatedGaussian(16, rho, std)
-    clip = model.draw(1, 32, 32, seed=5)[0, :, :8].clamp(-1, 1)
-    contrast = {}
-    for label, kw in (("posterior", dict(method="posterior")), ("both", {}), ("both 16", dict(guidance_weight=16.0))):
-        out = tasks.extend(model, clip, 64, window=16, seed=3, **kw)
-        contrast[label] = [out[:, 8 + 8 * w:16 + 8 * w].std().item() / std for w in range(8)]
+    contrast = _window_contrast(rho, std, {"posterior": dict(method="posterior"), "both": {},
+                                           "both 16": dict(guidance_weight=16.0)})
     assert all(0.9 <= c <= 1.1 for c in contrast["posterior"] + contrast["both"]), contrast
     if rho >= 0.9:
         assert max(contrast["both 16"]) > 1.2, contrast
@@ -385,13 +394,8 @@ def test_slow_change_keeps_the_prior_contrast_with_posterior_only():
     guidance, at its default iterations and at 1 (one backward pass per step, as 'both'), keeps every window's
     contrast within 0.9–1.1; 'both' at auto climbs (measured 1.04 → 1.22), the limit README.md and
     docs/benchmarks.md state — if this assertion fails, 'both' got better and they need updating."""
-    model = CorrelatedGaussian(16, 0.97, 0.25)
-    clip = model.draw(1, 32, 32, seed=5)[0, :, :8].clamp(-1, 1)
-    contrast = {}
-    for label, kw in (("posterior", dict(method="posterior")), ("posterior 1", dict(method="posterior", iterations=1)),
-                      ("both", {})):
-        out = tasks.extend(model, clip, 64, window=16, seed=3, **kw)
-        contrast[label] = [out[:, 8 + 8 * w:16 + 8 * w].std().item() / 0.25 for w in range(8)]
+    contrast = _window_contrast(0.97, 0.25, {"posterior": dict(method="posterior"),
+                                             "posterior 1": dict(method="posterior", iterations=1), "both": {}})
     assert all(0.9 <= c <= 1.1 for c in contrast["posterior"] + contrast["posterior 1"]), contrast
     assert max(contrast["both"]) > 1.15, contrast
 
