@@ -318,6 +318,19 @@ def test_extension_reaches_the_exact_conditional():
     assert min(slopes) > 1.25, slopes
 
 
+def test_extension_through_the_job_keeps_the_spread_at_the_default_steps():
+    """The same extension through tasks.extend at the nodes' 32 steps: posterior samples the pack's models on the
+    power-2 grid (schedule.POSTERIOR_POWER), where DDIM keeps the new frames' spread: variance ratio 0.8–1.25
+    (uniform in φ, as the other methods sample, it fell to 0.72 on this oracle; docs/benchmarks.md)."""
+    model = CorrelatedGaussian(16, 0.9, 0.25)
+    x = model.draw(1, 64, 64, seed=24)
+    k, var = gaussian_conditional(model.cov, list(range(8)))
+    mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, :8])
+    out = tasks.extend(model, x[0, :, :8], 8, window=16, seed=2, method="posterior")
+    slopes, ratios = frame_fit(out[None, :, 8:], mean, var)
+    assert max(abs(s - 1) for s in slopes) <= 0.05 and 0.8 <= min(ratios) and max(ratios) <= 1.25, (slopes, ratios)
+
+
 @pytest.mark.parametrize("kind, spread", [(flow(1.0), True), (ve(), True), (flow(8.0), False)],
                          ids=["flow", "ve", "flow-shift-8"])
 def test_extension_through_another_models_coordinates(kind, spread):
