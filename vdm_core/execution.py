@@ -56,7 +56,8 @@ def sample_plan(model, caps: Capabilities, p: Plan, out: Tensor,
     already in place) with ``settings`` (weight resolved); ``observe(window)`` is what a window knows. A model
     sampled inside its host's session (``caps.run``) gets each window's sampling as ``fn`` with the window's
     angle grid; other models sample on ``caps.angles`` (method posterior on the power-2 cosine grid,
-    ``schedule.POSTERIOR_POWER``). Pixel models (``caps.clip_x``) have x̂ clipped to [-1, 1] and a preview; latents neither."""
+    ``schedule.POSTERIOR_POWER``). Pixel models (``caps.clip_x``) have x̂ clipped to [-1, 1] and a preview;
+    latents neither."""
     steps = settings.steps
     if caps.run is None and settings.method == "posterior":  # the pack's cosine grid, spaced for posterior
         angles = schedule.sampling_angles(steps, power=schedule.POSTERIOR_POWER).tolist()
