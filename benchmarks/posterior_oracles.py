@@ -32,7 +32,7 @@ import torch
 
 from vdm_core import guidance, sampling, tasks
 from vdm_core.settings import DEFAULT_ITERATIONS
-from vdm_core.schedule import POSTERIOR_POWER, sampling_angles
+from vdm_core.contract import capabilities
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from oracle import CorrelatedGaussian, frame_fit, gaussian_conditional  # noqa: E402  (tests/ is not a package)
@@ -52,7 +52,7 @@ def job(name: str, model: CorrelatedGaussian, x: torch.Tensor):
 
 
 def run(model, x, obs, method, steps, seed, **kw):
-    phis = sampling_angles(steps, power=POSTERIOR_POWER if method == "posterior" else 1).tolist()  # as tasks do
+    phis = capabilities(model).angles(steps, method)  # the grid tasks sample this method on
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
     den = sampling.conditioned(model, obs, method=method, clip=False, generator=torch.Generator().manual_seed(seed + 1),
                                final_angle=phis[-2], **kw)

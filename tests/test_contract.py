@@ -34,7 +34,7 @@ def test_the_pack_unet_is_a_sized_model():
     caps = capabilities(net)
     assert (caps.frames, caps.resolution, caps.channels) == (4, 8, 3)
     assert caps.device == torch.device("cpu") and caps.clip_x and caps.run is None and caps.space is None
-    assert caps.angles(5) == sampling_angles(5).tolist()  # the pack's cosine grid
+    assert caps.angles(5, "both") == sampling_angles(5).tolist()  # the pack's cosine grid
     if torch.cuda.is_available():  # the device is where its weights are
         assert capabilities(net.to("cuda")).device.type == "cuda"
 
@@ -44,7 +44,7 @@ def test_a_host_model_is_hosted_and_latent_with_a_space():
     assert isinstance(plain, HostedModel) and isinstance(plain, SizedModel)
     caps = capabilities(plain)
     assert (caps.frames, caps.resolution, caps.channels) == (21, None, 4)
-    assert caps.angles(6) == plain.angles(6) and caps.run == plain.run and caps.clip_x is False
+    assert caps.angles(6, "posterior") == plain.angles(6) and caps.run == plain.run and caps.clip_x is False
     assert caps.space is None and caps.device == torch.device("cpu")
     space = LatentSpace(decode=lambda x: x, decode_final=lambda x: x, channels=4, time=4, scale=8)
     assert isinstance(flow_model(space=space), LatentModel)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .schedule import sampling_angles
+from .schedule import POSTERIOR_POWER, sampling_angles
 
 if TYPE_CHECKING:
     from .external import LatentSpace
@@ -83,8 +83,9 @@ class Capabilities:
     """What :func:`capabilities` read off a model.
 
     ``frames``/``resolution``/``channels``: its native size (:class:`NativeSize`; None where it has none);
-    ``device``: where it runs (None: unknown, the caller's choice); ``angles(steps)``: its step grid (the pack's
-    cosine grid, ``schedule.sampling_angles``, unless it has its own); ``clip_x``: x̂ is an image in [-1, 1],
+    ``device``: where it runs (None: unknown, the caller's choice); ``angles(steps, method)``: its step grid for a
+    sampling method (the pack's cosine grid, ``schedule.sampling_angles``, power ``schedule.POSTERIOR_POWER`` for
+    method posterior, unless it has its own); ``clip_x``: x̂ is an image in [-1, 1],
     clipped and previewed; ``run``: its host session (None: sample directly); ``space``: its latent space
     (None: it samples the clip itself)."""
 
@@ -92,14 +93,14 @@ class Capabilities:
     resolution: int | None
     channels: int | None
     device: torch.device | None
-    angles: Callable[[int], list[float]]
+    angles: Callable[[int, str], list[float]]
     clip_x: bool
     run: Callable[[Callable[[], Tensor], tuple[int, ...], list[float]], Tensor] | None
     space: LatentSpace | None
 
 
-def _cosine_grid(steps: int) -> list[float]:
-    return sampling_angles(steps).tolist()
+def _cosine_grid(steps: int, method: str) -> list[float]:
+    return sampling_angles(steps, power=POSTERIOR_POWER if method == "posterior" else 1).tolist()
 
 
 def capabilities(model) -> Capabilities:
@@ -114,5 +115,5 @@ def capabilities(model) -> Capabilities:
     return Capabilities(
         frames=size.frames if size else None, resolution=size.resolution if size else None,
         channels=size.channels if size else None, device=torch.device(device) if device is not None else None,
-        angles=model.angles if hosted else _cosine_grid, clip_x=model.clip_x if hosted else True,
+        angles=(lambda steps, method: model.angles(steps)) if hosted else _cosine_grid, clip_x=model.clip_x if hosted else True,
         run=model.run if hosted else None, space=model.space if isinstance(model, LatentModel) else None)

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import guidance, sampling, schedule
+from . import guidance, sampling
 from .contract import Capabilities
 from .planning import Plan, Window
 from .settings import SamplerSettings
@@ -55,14 +55,10 @@ def sample_plan(model, caps: Capabilities, p: Plan, out: Tensor,
     """Sample ``p``'s windows in order into ``out`` (CPU ``[C, F, H, W]`` in the model's space, known frames
     already in place) with ``settings`` (weight resolved); ``observe(window)`` is what a window knows. A model
     sampled inside its host's session (``caps.run``) gets each window's sampling as ``fn`` with the window's
-    angle grid; other models sample on ``caps.angles`` (method posterior on the power-2 cosine grid,
-    ``schedule.POSTERIOR_POWER``). Pixel models (``caps.clip_x``) have x̂ clipped to [-1, 1] and a preview;
-    latents neither."""
+    angle grid (``caps.angles`` for the method). Pixel models (``caps.clip_x``) have x̂ clipped to [-1, 1] and a
+    preview; latents neither."""
     steps = settings.steps
-    if caps.run is None and settings.method == "posterior":  # the pack's cosine grid, spaced for posterior
-        angles = schedule.sampling_angles(steps, power=schedule.POSTERIOR_POWER).tolist()
-    else:
-        angles = caps.angles(steps)
+    angles = caps.angles(steps, settings.method)
     total = p.total_steps(steps)
     at = [0]  # steps done before the current one, over the whole job
 
