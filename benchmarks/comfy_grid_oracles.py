@@ -4,7 +4,8 @@ The prior and job of ``benchmarks/posterior_oracles.py`` (AR(1) clips, 16 frames
 has mean ρᵏ·x₇), wrapped in each prediction type's coordinates as the node reads them (stand-ins of ComfyUI's
 model_sampling formulas, tests/comfy_model_sampling.py, loaded with the pack as tests/test_comfy_model.py
 does) and sampled on the model's own σ grid (``SigmaModel.angles``: Wan's shift 8, LTX-Video's shift, the
-discrete schedules' σ_max 14.6 …). Per prediction type, step count and method: the worst frame's |slope − 1|
+discrete schedules' σ_max 14.6 …; for method posterior that grid filled at low noise within the same steps,
+``schedule.filled_within``, as jobs sample it). Per prediction type, step count and method: the worst frame's |slope − 1|
 of the new frames on the exact conditional mean, and the range of their variance ratio against the exact
 conditional variance (1 for an exact sampler run to σ = 0), beside the ratio an exact sampler reaches on that
 grid: its last step returns x̂ at the grid's last nonzero σ, E[x | z_φ, y], whose covariance is
@@ -30,6 +31,7 @@ import oracle  # noqa: E402
 from comfy_pack import stubbed_pack  # noqa: E402
 
 from vdm_core import guidance, sampling  # noqa: E402
+from vdm_core.contract import capabilities  # noqa: E402
 from vdm_core.external import SigmaModel  # noqa: E402
 from vdm_core.settings import SamplerSettings  # noqa: E402
 
@@ -63,9 +65,9 @@ def main(argv=None) -> None:
             model = SigmaModel(scaling, lo, hi, sigmas, channels=1,
                                denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
             for steps in args.steps:
-                angles = model.angles(steps)
-                reach = oracle.variance_at(cond, angles[-2]) / var  # x̂ of the last step: at angles[-2]
                 for method in args.methods:
+                    angles = capabilities(model).angles(steps, method)  # the grid jobs sample this method on
+                    reach = oracle.variance_at(cond, angles[-2]) / var  # x̂ of the last step: at angles[-2]
                     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(20))
                     settings = SamplerSettings(method=method).for_job(extend=True)
                     out = sampling.sample(model, noise, angles, settings, observation=obs, clip=False,

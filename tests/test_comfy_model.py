@@ -27,12 +27,12 @@ import oracle
 import comfy_stubs
 from comfy_pack import stubbed_pack
 from vdm_core import guidance, sampling
-from vdm_core.settings import SamplerSettings
+from vdm_core.contract import capabilities
+from vdm_core.settings import DEFAULT_STEPS, SamplerSettings
 from vdm_core.external import SigmaModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 4, 3, 2, 5)  # [B, C, F, h, w] latents
-STEPS = 200
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +118,14 @@ def test_the_grid_follows_the_shift(pack):
 @pytest.mark.parametrize("kind", sorted(cms.KINDS))
 def test_posterior_guidance_extends_through_each_prediction_type(kind, pack):
     """Extension of an AR(1) clip prior (16 frames, ρ 0.9, std 0.25; frames 0–7 known, frame 7+k has mean ρᵏ·x₇)
-    wrapped in each prediction type's coordinates as the node reads them, on the model's own 100-step grid:
-    posterior guidance gets the conditional mean (worst-frame slope error ≤ 0.05; measured 0.019–0.027, 'both' at
-    auto 0.41–0.46) and its spread within 0.8–1.25. The discrete schedules (EPS, V, V_DDPM, X0) start at σ_max =
-    14.6, short of pure noise; from noise alone, as ComfyUI's KSampler starts, their far frames undershot by 0.054,
-    and with the start's signal α₀·x̃ (``sampling.sample``) they are within 0.021 like the rest. The spread is that
-    of what an exact sampler returns on this grid, x̂ at its last level φ: E[x | z_φ, y], whose covariance is C − (C⁻¹ + α²/σ²·I)⁻¹ for the conditional
-    covariance C — the discrete schedules (EPS, V, X0) end at σ ≈ 0.09, where that is 0.62–0.87 of C."""
+    wrapped in each prediction type's coordinates as the node reads them, at the nodes' default steps on the grid
+    jobs sample posterior on (the model's own, filled at low noise: ``schedule.filled_within``): posterior guidance
+    gets the conditional mean (worst-frame slope error ≤ 0.05; measured 0.022–0.042, 'both' at auto 0.15–0.36)
+    and the exact conditional's spread within 0.8–1.25 (0.84–0.91; on the host's own 32-step grid 0.26–0.55 for
+    Wan's shift, whose last level is the angle of a std-0.26 signal). The discrete schedules (EPS, V, V_DDPM, X0)
+    start at σ_max = 14.6, short of pure noise; from noise alone, as ComfyUI's KSampler starts, their far frames
+    undershot by 0.054, and with the start's signal α₀·x̃ (``sampling.sample``) they are within 0.022 like the
+    rest."""
     comfy_model, *_ = pack
     prior = oracle.CorrelatedGaussian(16, 0.9, 0.25)
     scaling, lo, hi, sigmas = comfy_model.sampling_functions(cms.KINDS[kind]())
@@ -134,8 +135,8 @@ def test_posterior_guidance_extends_through_each_prediction_type(kind, pack):
     known = list(range(8))
     k, cond = oracle.conditional(prior.cov, known)
     mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known])
-    angles = model.angles(STEPS)
-    var = oracle.variance_at(cond, angles[-2])  # x̂ of the last step: at angles[-2]
+    angles = capabilities(model).angles(DEFAULT_STEPS, "posterior")
+    var = torch.diag(cond)
     obs = guidance.select_frames(x[:, :, known], known, 16)
     out = sampling.sample(model, torch.randn(x.shape, generator=torch.Generator().manual_seed(20)), angles,
                           SamplerSettings(method="posterior"), observation=obs, clip=False)

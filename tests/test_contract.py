@@ -8,7 +8,7 @@ import torch
 from vdm_core import tasks
 from vdm_core.contract import (HostedModel, LatentModel, Native, NativeSize, SizedModel, VideoModel, capabilities)
 from vdm_core.external import LatentSpace, SigmaModel
-from vdm_core.schedule import sampling_angles
+from vdm_core.schedule import filled_within, sampling_angles
 from vdm_core.unet3d import UNet3D, UNet3DConfig
 
 
@@ -44,7 +44,10 @@ def test_a_host_model_is_hosted_and_latent_with_a_space():
     assert isinstance(plain, HostedModel) and isinstance(plain, SizedModel)
     caps = capabilities(plain)
     assert (caps.frames, caps.resolution, caps.channels) == (21, None, 4)
-    assert caps.angles(6, "posterior") == plain.angles(6) and caps.run == plain.run and caps.clip_x is False
+    assert caps.angles(32, "both") == plain.angles(32) and caps.run == plain.run and caps.clip_x is False
+    # posterior: the host's grid filled at low noise, at no more steps
+    assert caps.angles(32, "posterior") == filled_within(plain.angles, 32) != plain.angles(32)
+    assert len(caps.angles(32, "posterior")) <= len(plain.angles(32))
     assert caps.space is None and caps.device == torch.device("cpu")
     space = LatentSpace(decode=lambda x: x, decode_final=lambda x: x, channels=4, time=4, scale=8)
     assert isinstance(flow_model(space=space), LatentModel)

@@ -58,6 +58,39 @@ def test_sampling_angles_uniform_from_noise_to_clean():
         S.sampling_angles(0)
 
 
+def _shifted(k, shift=8.0):
+    """Wan's grid as angles (flow, σ = shift·t/(1 + (shift − 1)·t) at t uniform, φ = atan(σ/(1 − σ))), the last
+    angle half the one before, as ``external.SigmaModel.angles`` gives it."""
+    t = [1 - i / k for i in range(k)]
+    phis = [math.atan2(shift * u, 1 - u) for u in t]  # σ/(1 − σ) = shift·t/(1 − t)
+    return phis + [phis[-1] / 2]
+
+
+def test_filled_keeps_every_angle_and_steps_down_by_the_ratio_to_the_floor():
+    host = _shifted(32)[:-1]
+    fine = S.filled(host)
+    assert set(host) <= set(fine) and fine[0] == host[0]
+    ratios = [b / a for a, b in zip(fine, fine[1:])]
+    assert all(S.LOW_NOISE_RATIO - 1e-12 <= r < 1 for r in ratios)
+    assert fine[-1] == pytest.approx(S.LOW_NOISE_FLOOR) and host[-1] > 20 * S.LOW_NOISE_FLOOR
+    low = 0.5 * S.LOW_NOISE_FLOOR  # a host grid that already ends below the floor keeps its end
+    assert S.filled([low]) == [low] and S.filled([1.0, low])[-1] == low
+    assert min(b / a for a, b in zip(S.filled([1.0, low]), S.filled([1.0, low])[1:])) >= S.LOW_NOISE_RATIO - 1e-12
+
+
+def test_filled_within_costs_no_more_steps_than_the_host_grid():
+    for steps in (20, 32, 50, 100):
+        grid = S.filled_within(_shifted, steps)
+        evaluated = grid[:-1]
+        assert len(evaluated) <= steps and steps - len(evaluated) < 8
+        assert evaluated[0] == pytest.approx(math.pi / 2) and evaluated[-1] == pytest.approx(S.LOW_NOISE_FLOOR)
+        assert grid[-1] == evaluated[-1] / 2
+        # the host's grid at fewer steps, with its low-noise gaps filled
+        k = next(k for k in range(steps, 0, -1) if S.filled(_shifted(k)[:-1]) == evaluated)
+        assert k < steps and len(S.filled(_shifted(k + 1)[:-1])) > steps
+    assert S.filled_within(_shifted, 8) == _shifted(8)  # too few steps to fill: the host's own grid
+
+
 def test_round_trips_x_eps_v():
     x, eps = _rand(6, 2, 3, 4, 4, seed=5), _rand(6, 2, 3, 4, 4, seed=6)
     phi = _angles(6)

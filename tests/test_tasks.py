@@ -311,6 +311,27 @@ def test_progress_counts_steps_moves_with_every_tile_and_an_exception_stops_the_
     assert model.calls == 1  # stopped after the first tile's forward
 
 
+def test_progress_of_a_host_model_counts_the_steps_of_its_grid():
+    """A host's grid may have fewer steps than asked (posterior's filled grid, repeated levels taken once): the
+    progress total is what the windows really take, and the last report reaches it."""
+    from vdm_core.external import SigmaModel
+
+    def wan_sigmas(n):  # Wan's shift 8 on a flow schedule, ComfyUI's "simple" grid
+        return [8 * t / (1 + 7 * t) for t in torch.linspace(1, 0, n + 1).tolist()]
+
+    model = SigmaModel(lambda s: (1 - s, s), 1e-3, 1.0, wan_sigmas, channels=3,
+                       denoise=lambda x, s: 0.5 * x / (1 + s.view(-1, 1, 1, 1, 1)), frames=4)
+    clip = rand_clip(f=2, h=4, w=4)
+    angles = capabilities(model).angles(33, "posterior")
+    assert len(angles) - 1 == 32  # 33 asked: the host's 17-step grid filled takes 32, its 18-step one 34
+    reports = []
+    out = tasks.extend(model, clip, 4, steps=33, method="posterior", iterations=1,
+                       callback=lambda d, t, x: reports.append((d, t)))
+    windows = len(plan(capabilities(model), Job(clip, new_frames=4)).windows)
+    assert out.shape == (3, 6, 4, 4) and windows == 2
+    assert {t for _, t in reports} == {windows * (len(angles) - 1)} and reports[-1][0] == reports[-1][1]
+
+
 def test_generate_unconditional_then_extended():
     model = Gaussian(frames=4)
     p = generate_plan(capabilities(model), 9, 10, 9)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .schedule import POSTERIOR_POWER, sampling_angles
+from .schedule import POSTERIOR_POWER, filled_within, sampling_angles
 
 if TYPE_CHECKING:
     from .external import LatentSpace
@@ -85,9 +85,9 @@ class Capabilities:
     ``frames``/``resolution``/``channels``: its native size (:class:`NativeSize`; None where it has none);
     ``device``: where it runs (None: unknown, the caller's choice); ``angles(steps, method)``: its step grid for a
     sampling method (the pack's cosine grid, ``schedule.sampling_angles``, power ``schedule.POSTERIOR_POWER`` for
-    method posterior, unless it has its own); ``clip_x``: x̂ is an image in [-1, 1],
-    clipped and previewed; ``run``: its host session (None: sample directly); ``space``: its latent space
-    (None: it samples the clip itself)."""
+    method posterior; a hosted model's own grid, filled at low noise by ``schedule.filled_within`` for method
+    posterior); ``clip_x``: x̂ is an image in [-1, 1], clipped and previewed; ``run``: its host session (None:
+    sample directly); ``space``: its latent space (None: it samples the clip itself)."""
 
     frames: int | None
     resolution: int | None
@@ -103,6 +103,10 @@ def _cosine_grid(steps: int, method: str) -> list[float]:
     return sampling_angles(steps, power=POSTERIOR_POWER if method == "posterior" else 1).tolist()
 
 
+def _hosted_grid(model: HostedModel) -> Callable[[int, str], list[float]]:
+    return lambda steps, method: filled_within(model.angles, steps) if method == "posterior" else model.angles(steps)
+
+
 def capabilities(model) -> Capabilities:
     """The :class:`Capabilities` of ``model``; raises TypeError unless it is a :class:`VideoModel`."""
     if not isinstance(model, VideoModel):
@@ -115,5 +119,5 @@ def capabilities(model) -> Capabilities:
     return Capabilities(
         frames=size.frames if size else None, resolution=size.resolution if size else None,
         channels=size.channels if size else None, device=torch.device(device) if device is not None else None,
-        angles=(lambda steps, method: model.angles(steps)) if hosted else _cosine_grid, clip_x=model.clip_x if hosted else True,
+        angles=_hosted_grid(model) if hosted else _cosine_grid, clip_x=model.clip_x if hosted else True,
         run=model.run if hosted else None, space=model.space if isinstance(model, LatentModel) else None)

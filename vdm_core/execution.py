@@ -20,9 +20,10 @@ from .settings import SamplerSettings
 from .tiling import TiledModel
 
 Progress = Callable[[float, int, "Tensor | None"], None]
-"""``progress(done, total, preview)``: ``done`` of ``total`` steps of the whole job (``steps`` per window; a
-fraction of a step as the tiles of a tiled step finish); ``preview`` is x̂ of the current window, ``[C, F, H, W]``
-in [-1, 1] on the CPU, at the end of each step (None for latents and within a step). Raising stops sampling."""
+"""``progress(done, total, preview)``: ``done`` of ``total`` steps of the whole job (its grid's steps per window:
+``steps``, or fewer on a host's grid; a fraction of a step as the tiles of a tiled step finish); ``preview`` is x̂
+of the current window, ``[C, F, H, W]`` in [-1, 1] on the CPU, at the end of each step (None for latents and
+within a step). Raising stops sampling."""
 
 
 def device_of(caps: Capabilities, fallback) -> torch.device:
@@ -57,8 +58,8 @@ def sample_plan(model, caps: Capabilities, p: Plan, out: Tensor,
     sampled inside its host's session (``caps.run``) gets each window's sampling as ``fn`` with the window's
     angle grid (``caps.angles`` for the method). Pixel models (``caps.clip_x``) have x̂ clipped to [-1, 1] and a
     preview; latents neither."""
-    steps = settings.steps
-    angles = caps.angles(steps, settings.method)
+    angles = caps.angles(settings.steps, settings.method)
+    steps = len(angles) - 1  # the grid's own count: a host's may differ from settings.steps
     total = p.total_steps(steps)
     at = [0]  # steps done before the current one, over the whole job
 
