@@ -11,8 +11,13 @@ conditional variance (1 for an exact sampler run to σ = 0), beside the ratio an
 grid: its last step returns x̂ at the grid's last nonzero σ, E[x | z_φ, y], whose covariance is
 C − (C⁻¹ + α²/σ²·I)⁻¹ for the conditional covariance C (tests/test_comfy_model.py compares with that).
 
+``--drift`` also extends a clip of the prior by 8 windows (``tasks.extend``, 16-frame windows, 8 known, the nodes'
+default steps) through each kind and method and prints the contrast of each window's new frames (their std / the
+prior's; 1 for an exact sampler), as ``posterior_oracles.py --jobs drift`` does on the pack's own grid.
+
     python benchmarks/comfy_grid_oracles.py                                  # every kind, 32 and 100 steps
     python benchmarks/comfy_grid_oracles.py --kinds flow_shift8 --steps 32 64 100 200
+    python benchmarks/comfy_grid_oracles.py --rho 0.97 --kinds flow_shift8 eps --steps --drift
 """
 from __future__ import annotations
 
@@ -30,19 +35,20 @@ import comfy_stubs  # noqa: E402
 import oracle  # noqa: E402
 from comfy_pack import stubbed_pack  # noqa: E402
 
-from vdm_core import guidance, sampling  # noqa: E402
+from vdm_core import guidance, sampling, tasks  # noqa: E402
 from vdm_core.contract import capabilities  # noqa: E402
 from vdm_core.external import SigmaModel  # noqa: E402
-from vdm_core.settings import SamplerSettings  # noqa: E402
+from vdm_core.settings import DEFAULT_STEPS, SamplerSettings  # noqa: E402
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kinds", nargs="+", default=sorted(cms.KINDS), choices=sorted(cms.KINDS))
-    ap.add_argument("--steps", type=int, nargs="+", default=[32, 100])
+    ap.add_argument("--steps", type=int, nargs="*", default=[32, 100])
     ap.add_argument("--methods", nargs="+", default=["posterior", "both"])
     ap.add_argument("--rho", type=float, default=0.9)
     ap.add_argument("--std", type=float, default=0.25)
+    ap.add_argument("--drift", action="store_true", help="also the contrast over 8 extension windows")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     prior = oracle.CorrelatedGaussian(16, args.rho, args.std)
@@ -75,6 +81,17 @@ def main(argv=None) -> None:
                     slopes, ratios = oracle.frame_fit(out[:, :, 8:], mean, var)
                     print(f"| {kind} | {steps} | {angles[-2]:.3f} | {method} | {max(abs(s - 1) for s in slopes):.3f} | "
                           f"{min(ratios):.2f}–{max(ratios):.2f} | {reach.min():.2f}–{reach.max():.2f} |", flush=True)
+        if args.drift:
+            print(f"\n| kind | method | contrast per window ({DEFAULT_STEPS} steps, 8 windows) |\n| --- | --- | --- |")
+            clip = prior.draw(1, 16, 16, seed=5)[0, :, :8]
+            for kind in args.kinds:
+                scaling, lo, hi, sigmas = comfy_model.sampling_functions(cms.KINDS[kind]())
+                model = SigmaModel(scaling, lo, hi, sigmas, channels=1,
+                                   denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
+                for method in args.methods:
+                    out = tasks.extend(model, clip, 64, window=16, seed=3, method=method)
+                    contrast = [out[:, 8 + 8 * w:16 + 8 * w].std().item() / args.std for w in range(8)]
+                    print(f"| {kind} | {method} | {', '.join(f'{c:.2f}' for c in contrast)} |", flush=True)
 
 
 if __name__ == "__main__":
