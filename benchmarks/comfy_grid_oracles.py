@@ -38,7 +38,7 @@ from comfy_pack import stubbed_pack  # noqa: E402
 from vdm_core import guidance, sampling, tasks  # noqa: E402
 from vdm_core.contract import capabilities  # noqa: E402
 from vdm_core.external import SigmaModel  # noqa: E402
-from vdm_core.settings import DEFAULT_STEPS, SamplerSettings  # noqa: E402
+from vdm_core.settings import DEFAULT_ITERATIONS, DEFAULT_STEPS, SamplerSettings  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -49,6 +49,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rho", type=float, default=0.9)
     ap.add_argument("--std", type=float, default=0.25)
     ap.add_argument("--drift", action="store_true", help="also the contrast over 8 extension windows")
+    ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="of method posterior")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     prior = oracle.CorrelatedGaussian(16, args.rho, args.std)
@@ -75,7 +76,7 @@ def main(argv=None) -> None:
                     angles = capabilities(model).angles(steps, method)  # the grid jobs sample this method on
                     reach = oracle.variance_at(cond, angles[-2]) / var  # x̂ of the last step: at angles[-2]
                     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(20))
-                    settings = SamplerSettings(method=method).for_job(extend=True)
+                    settings = SamplerSettings(method=method, iterations=args.iterations).for_job(extend=True)
                     out = sampling.sample(model, noise, angles, settings, observation=obs, clip=False,
                                           generator=torch.Generator().manual_seed(21))  # the replacement noise
                     slopes, ratios = oracle.frame_fit(out[:, :, 8:], mean, var)
@@ -89,7 +90,7 @@ def main(argv=None) -> None:
                 model = SigmaModel(scaling, lo, hi, sigmas, channels=1,
                                    denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
                 for method in args.methods:
-                    out = tasks.extend(model, clip, 64, window=16, seed=3, method=method)
+                    out = tasks.extend(model, clip, 64, window=16, seed=3, method=method, iterations=args.iterations)
                     contrast = [out[:, 8 + 8 * w:16 + 8 * w].std().item() / args.std for w in range(8)]
                     print(f"| {kind} | {method} | {', '.join(f'{c:.2f}' for c in contrast)} |", flush=True)
 
