@@ -65,11 +65,12 @@ methods keep the uniform grid their auto weights were tuned on."""
 LOW_NOISE_RATIO = 0.75
 LOW_NOISE_FLOOR = 0.01
 """The grid of method ``posterior`` on a hosted model (:func:`filled_within`): every evaluated angle at least
-``LOW_NOISE_RATIO`` of the one before, down to ``LOW_NOISE_FLOOR`` (the angle of a std-0.03 signal). Shifted host
-grids spend their steps at high noise and stop far from σ = 0 (Wan's shift 8 at 32 steps: last angle 0.26, two
-steps below 0.5), where a new frame's spread takes shape; the posterior's new frames kept 0.26–0.55 of the exact
-conditional's variance on the AR(1) extension oracle there, 0.85–0.88 on the filled grid
-(docs/benchmarks.md, "The posterior method on a host's grid")."""
+``LOW_NOISE_RATIO`` of the one before, down to ``LOW_NOISE_FLOOR`` (the angle of a std-0.01 signal; a model whose
+lowest level lies above it is evaluated there, ``external.SigmaModel``). Shifted host grids spend their steps at
+high noise and stop far from σ = 0 (Wan's shift 8 at 32 steps: last angle 0.26, two steps below 0.5), where a new
+frame's spread takes shape; the posterior's new frames kept 0.26–0.55 of the exact conditional's variance on the
+AR(1) extension oracle there, 0.85–0.87 on the filled grid (docs/benchmarks.md, "The posterior method on a host's
+grid")."""
 
 
 def filled(angles: list[float]) -> list[float]:
@@ -90,7 +91,7 @@ def filled_within(grid, steps: int) -> list[float]:
     """A grid of at most ``steps`` steps fine at low noise from a host's ``grid(k)`` (``k + 1`` descending angles,
     the last not evaluated, ``contract.HostedModel.angles``): :func:`filled` of ``grid(k)``'s evaluated angles for
     the largest ``k ≤ steps`` where that takes at most ``steps`` steps, followed by half its last angle (not
-    evaluated); ``grid(steps)`` itself where none fits (below about 18 steps). Same cost as ``grid(steps)``:
+    evaluated); ``grid(steps)`` itself where none fits (below about 18–20 steps). Same cost as ``grid(steps)``:
     the host's high-noise steps are thinned to pay for the low-noise ones."""
     for k in range(int(steps), 0, -1):
         fine = filled(grid(k)[:-1])
