@@ -143,7 +143,9 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
             _int("height", AUTO, 0, 8192, "Height in pixels of a new clip (only without a job; 0 = the model's "
                  "native resolution).", flag="--height"),
             _int("steps", settings.DEFAULT_STEPS, 1, 1000, "DDIM steps per window. More is slower and a little "
-                 f"cleaner; {settings.DEFAULT_STEPS} is plenty for the bundled model.", flag="--steps"),
+                 f"cleaner; {settings.DEFAULT_STEPS} is plenty for the bundled model. A ComfyUI model steps on its own "
+                 "schedule; with method posterior (from about 20 steps) some of its steps move to low noise, where "
+                 "shifted schedules (Wan, LTX-Video) leave new frames short of fine variation.", flag="--steps"),
             Input("eta", "FLOAT", "Fresh noise per step: 0 = deterministic DDIM, 1 = ancestral sampling.",
                   default=0.0, min=0.0, max=1.0, step=0.01, flag="--eta"),
             Input("guidance_weight", "FLOAT", "Reconstruction guidance weight w_r: how hard the sample is pulled "
