@@ -1,14 +1,15 @@
-"""The Gaussian extension through Use ComfyUI Model on each prediction type's own step grid, at several step counts.
+"""The Gaussian oracles through Use ComfyUI Model on each prediction type's own step grid, at several step counts.
 
-The prior and job of ``benchmarks/posterior_oracles.py`` (AR(1) clips, 16 frames, frames 0–7 known; frame 7+k
-has mean ρᵏ·x₇), wrapped in each prediction type's coordinates as the node reads them (stand-ins of ComfyUI's
-model_sampling formulas, tests/comfy_model_sampling.py, loaded with the pack as tests/test_comfy_model.py
-does) and sampled on the model's own σ grid (``SigmaModel.angles``: Wan's shift 8, LTX-Video's shift, the
-discrete schedules' σ_max 14.6 …; for method posterior that grid filled at low noise within the same steps,
-``schedule.filled_within``, as jobs sample it). Per prediction type, step count and method: the worst frame's |slope − 1|
-of the new frames on the exact conditional mean, and the range of their variance ratio against the exact
-conditional variance (1 for an exact sampler run to σ = 0), beside the ratio an exact sampler reaches on that
-grid: its last step returns x̂ at the grid's last nonzero σ, E[x | z_φ, y], whose covariance is
+The prior and jobs of ``benchmarks/posterior_oracles.py`` (AR(1) clips, 16 frames; ``--jobs``: ``extend``, frames
+0–7 known, frame 7+k has mean ρᵏ·x₇; ``interpolate``, keyframes 0, 4, 8, 12; ``upscale2``, 2×2 block means),
+wrapped in each prediction type's coordinates as the node reads them (stand-ins of ComfyUI's model_sampling
+formulas, tests/comfy_model_sampling.py, loaded with the pack as tests/test_comfy_model.py does) and sampled on
+the model's own σ grid (``SigmaModel.angles``: Wan's shift 8, LTX-Video's shift, the discrete schedules' σ_max
+14.6 …; for method posterior that grid filled at low noise within the same steps, ``schedule.filled_within``, as
+jobs sample it). Per job, prediction type, step count and method: the worst frame's |slope − 1| of the unknown
+frames on the exact conditional mean, and the range of their variance ratio against the exact conditional
+variance (1 for an exact sampler run to σ = 0), beside the ratio an exact sampler reaches on that grid (frame
+jobs): its last step returns x̂ at the grid's last nonzero σ, E[x | z_φ, y], whose covariance is
 C − (C⁻¹ + α²/σ²·I)⁻¹ for the conditional covariance C (tests/test_comfy_model.py compares with that).
 
 ``--drift`` also extends a clip of the prior by 8 windows (``tasks.extend``, 16-frame windows, 8 known, the nodes'
@@ -16,6 +17,7 @@ default steps) through each kind and method and prints the contrast of each wind
 prior's; 1 for an exact sampler), as ``posterior_oracles.py --jobs drift`` does on the pack's own grid.
 
     python benchmarks/comfy_grid_oracles.py                                  # every kind, 32 and 100 steps
+    python benchmarks/comfy_grid_oracles.py --jobs extend interpolate upscale2 --steps 32
     python benchmarks/comfy_grid_oracles.py --kinds flow_shift8 --steps 32 64 100 200
     python benchmarks/comfy_grid_oracles.py --rho 0.97 --kinds flow_shift8 eps --steps --drift
 """
@@ -41,9 +43,26 @@ from vdm_core.external import SigmaModel  # noqa: E402
 from vdm_core.settings import DEFAULT_ITERATIONS, DEFAULT_STEPS, SamplerSettings  # noqa: E402
 
 
+def job(name: str, prior, x: torch.Tensor):
+    """(observation, unknown frames, the exact conditional mean of those frames, their conditional variances, their
+    conditional covariance (None for upscaling: pixels, not frames, are unknown), ``SamplerSettings.for_job``'s
+    arguments) of job ``name`` (``posterior_oracles.py``'s jobs) on clips ``x`` of ``prior``."""
+    f = x.shape[2]
+    if name in ("extend", "interpolate"):
+        known = list(range(f // 2)) if name == "extend" else list(range(0, f, 4))
+        k, cond = oracle.conditional(prior.cov, known)
+        mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known])
+        return (guidance.select_frames(x[:, :, known], known, f), [i for i in range(f) if i not in known], mean,
+                torch.diag(cond), cond, dict(extend=name == "extend"))
+    y = guidance.area_downsample(x, 2)  # upscale2: E[x | y] = y upsampled, variance ¾·std² per pixel
+    return (guidance.downsample(y, 2), list(range(f)), y.repeat_interleave(2, 3).repeat_interleave(2, 4),
+            0.75 * torch.diag(prior.cov), None, dict(factor=2))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kinds", nargs="+", default=sorted(cms.KINDS), choices=sorted(cms.KINDS))
+    ap.add_argument("--jobs", nargs="+", default=["extend"], choices=["extend", "interpolate", "upscale2"])
     ap.add_argument("--steps", type=int, nargs="*", default=[32, 100])
     ap.add_argument("--methods", nargs="+", default=["posterior", "both"])
     ap.add_argument("--rho", type=float, default=0.9)
@@ -54,34 +73,35 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     prior = oracle.CorrelatedGaussian(16, args.rho, args.std)
     x = prior.draw(16, 24, 24, seed=22)
-    known = list(range(8))
-    k, cond = oracle.conditional(prior.cov, known)
-    mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known])
-    var = torch.diag(cond)
-    obs = guidance.select_frames(x[:, :, known], known, 16)
     print(f"Command: `python benchmarks/comfy_grid_oracles.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
-          f"\n\nρ {args.rho}, std {args.std}, 16 clips × 24² series, extension 8 → 16 frames, auto weight.\n")
-    print("| kind | steps | last σ's angle | method | worst slope error | variance ratio | exact on this grid |\n"
-          "| --- | --- | --- | --- | --- | --- | --- |")
+          f"\n\nρ {args.rho}, std {args.std}, 16 clips × 24² series of 16 frames, auto weight.\n")
+    print("| job | kind | steps | last σ's angle | method | worst slope error | variance ratio | exact on this grid |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
     stubs = comfy_stubs.modules(tempfile.mkdtemp(prefix="vdm_grid_"))
     name = "custom_nodes_comfyui-vdm_grid_oracles"
     with stubbed_pack(stubs, name=name):
         comfy_model = sys.modules[name + ".nodes.comfy_model"]
-        for kind in args.kinds:
-            scaling, lo, hi, sigmas = comfy_model.sampling_functions(cms.KINDS[kind]())
-            model = SigmaModel(scaling, lo, hi, sigmas, channels=1,
-                               denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
-            for steps in args.steps:
-                for method in args.methods:
-                    angles = capabilities(model).angles(steps, method)  # the grid jobs sample this method on
-                    reach = oracle.variance_at(cond, angles[-2]) / var  # x̂ of the last step: at angles[-2]
-                    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(20))
-                    settings = SamplerSettings(method=method, iterations=args.iterations).for_job(extend=True)
-                    out = sampling.sample(model, noise, angles, settings, observation=obs, clip=False,
-                                          generator=torch.Generator().manual_seed(21))  # the replacement noise
-                    slopes, ratios = oracle.frame_fit(out[:, :, 8:], mean, var)
-                    print(f"| {kind} | {steps} | {angles[-2]:.3f} | {method} | {max(abs(s - 1) for s in slopes):.3f} | "
-                          f"{min(ratios):.2f}–{max(ratios):.2f} | {reach.min():.2f}–{reach.max():.2f} |", flush=True)
+        for job_name in args.jobs:
+            obs, unknown, mean, var, cond, for_job = job(job_name, prior, x)
+            for kind in args.kinds:
+                scaling, lo, hi, sigmas = comfy_model.sampling_functions(cms.KINDS[kind]())
+                model = SigmaModel(scaling, lo, hi, sigmas, channels=1,
+                                   denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
+                for steps in args.steps:
+                    for method in args.methods:
+                        angles = capabilities(model).angles(steps, method)  # the grid jobs sample this method on
+                        reach = "–"
+                        if cond is not None:
+                            r = oracle.variance_at(cond, angles[-2]) / var  # x̂ of the last step: at angles[-2]
+                            reach = f"{r.min():.2f}–{r.max():.2f}"
+                        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(20))
+                        settings = SamplerSettings(method=method, iterations=args.iterations).for_job(**for_job)
+                        out = sampling.sample(model, noise, angles, settings, observation=obs, clip=False,
+                                              generator=torch.Generator().manual_seed(21))  # the replacement noise
+                        slopes, ratios = oracle.frame_fit(out[:, :, unknown], mean, var)
+                        print(f"| {job_name} | {kind} | {steps} | {angles[-2]:.3f} | {method} | "
+                              f"{max(abs(s - 1) for s in slopes):.3f} | {min(ratios):.2f}–{max(ratios):.2f} | {reach} |",
+                              flush=True)
         if args.drift:
             print(f"\n| kind | method | contrast per window ({DEFAULT_STEPS} steps, 8 windows) |\n| --- | --- | --- |")
             clip = prior.draw(1, 16, 16, seed=5)[0, :, :8]
