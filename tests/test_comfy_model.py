@@ -60,6 +60,12 @@ def x_hat(model, z, phi):
     return math.cos(phi) * z - math.sin(phi) * model(z, torch.full((z.shape[0],), phi))
 
 
+def oracle_model(pack, prior, kind):
+    """The exact denoiser of Gaussian ``prior`` as a SigmaModel of prediction type ``kind``, as the node builds it."""
+    scaling, lo, hi, sigmas = pack[0].sampling_functions(cms.KINDS[kind]())
+    return SigmaModel(scaling, lo, hi, sigmas, channels=1, denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
+
+
 # ---------------------------------------------------------------------------------------------- formulas
 
 
@@ -126,11 +132,8 @@ def test_posterior_guidance_extends_through_each_prediction_type(kind, pack):
     start at σ_max = 14.6, short of pure noise; from noise alone, as ComfyUI's KSampler starts, their far frames
     undershot by 0.054, and with the start's signal α₀·x̃ (``sampling.sample``) they are within 0.022 like the
     rest."""
-    comfy_model, *_ = pack
     prior = oracle.CorrelatedGaussian(16, 0.9, 0.25)
-    scaling, lo, hi, sigmas = comfy_model.sampling_functions(cms.KINDS[kind]())
-    model = SigmaModel(scaling, lo, hi, sigmas, channels=1,
-                       denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
+    model = oracle_model(pack, prior, kind)
     x = prior.draw(16, 24, 24, seed=22)
     known = list(range(8))
     k, cond = oracle.conditional(prior.cov, known)
@@ -152,10 +155,8 @@ def test_posterior_interpolates_and_upscales_on_wans_grid(job, pack):
     unknown frames' slope on the exact conditional mean within 0.05 (measured 0.011 / 0.000) and their spread
     within 0.8–1.25 of the exact conditional's (0.84–0.88 / 0.81–0.86; on the host's grid 0.16–0.33 / 0.57–0.65,
     benchmarks/comfy_grid_oracles.py --jobs interpolate upscale2)."""
-    comfy_model, *_ = pack
     prior = oracle.CorrelatedGaussian(16, 0.9, 0.25)
-    scaling, lo, hi, sigmas = comfy_model.sampling_functions(cms.KINDS["flow_shift8"]())
-    model = SigmaModel(scaling, lo, hi, sigmas, channels=1, denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
+    model = oracle_model(pack, prior, "flow_shift8")
     x = prior.draw(16, 24, 24, seed=22)
     if job == "interpolate":
         known = list(range(0, 16, 4))
@@ -180,10 +181,8 @@ def test_posterior_holds_the_contrast_of_a_long_extension_on_wans_grid(pack):
     known) through a model on Wan's shift-8 grid at the nodes' default steps: with posterior every window's new
     frames keep 0.9–1.1 of the prior's contrast (measured 0.92–0.95; 'both' at auto climbs to 1.49 there,
     benchmarks/comfy_grid_oracles.py --drift)."""
-    comfy_model, *_ = pack
     prior = oracle.CorrelatedGaussian(16, 0.97, 0.25)
-    scaling, lo, hi, sigmas = comfy_model.sampling_functions(cms.KINDS["flow_shift8"]())
-    model = SigmaModel(scaling, lo, hi, sigmas, channels=1, denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
+    model = oracle_model(pack, prior, "flow_shift8")
     clip = prior.draw(1, 16, 16, seed=5)[0, :, :8]
     out = tasks.extend(model, clip, 64, window=16, seed=3, method="posterior")
     contrast = [out[:, 8 + 8 * w:16 + 8 * w].std().item() / 0.25 for w in range(8)]
