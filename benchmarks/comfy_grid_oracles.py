@@ -37,26 +37,9 @@ import comfy_stubs  # noqa: E402
 import oracle  # noqa: E402
 from comfy_pack import stubbed_pack  # noqa: E402
 
-from vdm_core import guidance, sampling, tasks  # noqa: E402
+from vdm_core import sampling, tasks  # noqa: E402
 from vdm_core.contract import capabilities  # noqa: E402
-from vdm_core.external import SigmaModel  # noqa: E402
 from vdm_core.settings import DEFAULT_ITERATIONS, DEFAULT_STEPS, SamplerSettings  # noqa: E402
-
-
-def job(name: str, prior, x: torch.Tensor):
-    """(observation, unknown frames, the exact conditional mean of those frames, their conditional variances, their
-    conditional covariance (None for upscaling: pixels, not frames, are unknown), ``SamplerSettings.for_job``'s
-    arguments) of job ``name`` (``posterior_oracles.py``'s jobs) on clips ``x`` of ``prior``."""
-    f = x.shape[2]
-    if name in ("extend", "interpolate"):
-        known = list(range(f // 2)) if name == "extend" else list(range(0, f, 4))
-        k, cond = oracle.conditional(prior.cov, known)
-        mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known])
-        return (guidance.select_frames(x[:, :, known], known, f), [i for i in range(f) if i not in known], mean,
-                torch.diag(cond), cond, dict(extend=name == "extend"))
-    y = guidance.area_downsample(x, 2)  # upscale2: E[x | y] = y upsampled, variance ¾·std² per pixel
-    return (guidance.downsample(y, 2), list(range(f)), y.repeat_interleave(2, 3).repeat_interleave(2, 4),
-            0.75 * torch.diag(prior.cov), None, dict(factor=2))
 
 
 def main(argv=None) -> None:
@@ -82,11 +65,12 @@ def main(argv=None) -> None:
     with stubbed_pack(stubs, name=name):
         comfy_model = sys.modules[name + ".nodes.comfy_model"]
         for job_name in args.jobs:
-            obs, unknown, mean, var, cond, for_job = job(job_name, prior, x)
+            obs, unknown, mean, var = oracle.job(job_name, prior, x)
+            known = [i for i in range(x.shape[2]) if i not in unknown]  # none for upscaling: pixels are unknown
+            cond = oracle.conditional(prior.cov, known)[1] if known else None
+            for_job = dict(factor=2) if job_name == "upscale2" else dict(extend=job_name == "extend")
             for kind in args.kinds:
-                scaling, lo, hi, sigmas = comfy_model.sampling_functions(cms.KINDS[kind]())
-                model = SigmaModel(scaling, lo, hi, sigmas, channels=1,
-                                   denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
+                model = oracle.hosted(prior, *comfy_model.sampling_functions(cms.KINDS[kind]()))
                 for steps in args.steps:
                     for method in args.methods:
                         angles = capabilities(model).angles(steps, method)  # the grid jobs sample this method on
@@ -106,9 +90,7 @@ def main(argv=None) -> None:
             print(f"\n| kind | method | contrast per window ({DEFAULT_STEPS} steps, 8 windows) |\n| --- | --- | --- |")
             clip = prior.draw(1, 16, 16, seed=5)[0, :, :8]
             for kind in args.kinds:
-                scaling, lo, hi, sigmas = comfy_model.sampling_functions(cms.KINDS[kind]())
-                model = SigmaModel(scaling, lo, hi, sigmas, channels=1,
-                                   denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
+                model = oracle.hosted(prior, *comfy_model.sampling_functions(cms.KINDS[kind]()))
                 for method in args.methods:
                     out = tasks.extend(model, clip, 64, window=16, seed=3, method=method, iterations=args.iterations)
                     contrast = [out[:, 8 + 8 * w:16 + 8 * w].std().item() / args.std for w in range(8)]

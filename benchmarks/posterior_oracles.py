@@ -30,25 +30,12 @@ from pathlib import Path
 
 import torch
 
-from vdm_core import guidance, sampling, tasks
+from vdm_core import sampling, tasks
 from vdm_core.settings import DEFAULT_ITERATIONS
 from vdm_core.contract import capabilities
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from oracle import CorrelatedGaussian, frame_fit, gaussian_conditional  # noqa: E402  (tests/ is not a package)
-
-
-def job(name: str, model: CorrelatedGaussian, x: torch.Tensor):
-    """(observation, unknown frames, exact conditional mean of those frames, their conditional variances)."""
-    f = x.shape[2]
-    if name in ("extend", "interpolate"):
-        known = list(range(f // 2)) if name == "extend" else list(range(0, f, 4))
-        k, var = gaussian_conditional(model.cov, known)
-        mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known])
-        return guidance.select_frames(x[:, :, known], known, f), [i for i in range(f) if i not in known], mean, var
-    y = guidance.area_downsample(x, 2)
-    return (guidance.downsample(y, 2), list(range(f)), y.repeat_interleave(2, 3).repeat_interleave(2, 4),
-            0.75 * torch.diag(model.cov))
+from oracle import CorrelatedGaussian, frame_fit, job  # noqa: E402  (tests/ is not a package)
 
 
 def run(model, x, obs, method, steps, seed, **kw):

@@ -1,8 +1,12 @@
-"""Exact Gaussian oracles, other models' coordinates to wrap them in, and what the oracle tests measure
-(tests/test_guidance.py, tests/test_external.py, tests/test_posterior.py)."""
+"""Exact Gaussian oracles, other models' coordinates to wrap them in, the jobs with closed-form conditionals, and
+what the oracle tests and benchmarks measure (tests/test_guidance.py, tests/test_external.py, tests/test_posterior.py,
+tests/test_comfy_model.py, benchmarks/posterior_oracles.py, benchmarks/comfy_grid_oracles.py)."""
 import math
 
 import torch
+
+from vdm_core import guidance
+from vdm_core.external import SigmaModel
 
 D = torch.float64
 
@@ -65,6 +69,14 @@ def denoiser_of(prior, kind):
     return denoise
 
 
+def hosted(prior, scaling, sigma_min, sigma_max, sigmas):
+    """The prior's exact denoiser as a one-channel host model (``external.SigmaModel``) in the coordinates
+    ``scaling`` with noise levels ``sigma_min`` … ``sigma_max`` and grid ``sigmas``: the entries of :func:`flow` /
+    :func:`ve`, or what the node's ``sampling_functions`` reads off a ComfyUI model."""
+    return SigmaModel(scaling, sigma_min, sigma_max, sigmas, channels=1,
+                      denoise=denoiser_of(prior, dict(scaling=scaling)))
+
+
 def regression_error(out, y, unknown, known, cov):
     """‖K̂ − K‖_F: K̂ regresses the sampled unknown frames ``out[:, :, unknown]`` on the known ``y``;
     K = Σ_ba Σ_aa⁻¹ is the exact conditional mean's map, E[x^b | x^a] = K x^a (a: known, b: unknown)."""
@@ -89,6 +101,22 @@ def gaussian_conditional(cov, known):
     """(K, var): :func:`conditional` with only the variances diag(Cov[x^b | x^a])."""
     k, c = conditional(cov, known)
     return k, torch.diag(c)
+
+
+def job(name: str, prior: CorrelatedGaussian, x: torch.Tensor):
+    """(observation, unknown frames, exact conditional mean of those frames, their conditional variances) of job
+    ``name`` on clips ``x`` ``[B, C, F, H, W]`` of ``prior``: ``extend``, the first half of the frames known (frame
+    7+k of 16 has mean ρᵏ·x₇); ``interpolate``, keyframes 0, 4, 8, …; ``upscale2``, every frame's 2×2 block means
+    (E[x | y] = y upsampled, variance ¾·std²)."""
+    f = x.shape[2]
+    if name in ("extend", "interpolate"):
+        known = list(range(f // 2)) if name == "extend" else list(range(0, f, 4))
+        k, var = gaussian_conditional(prior.cov, known)
+        mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known])
+        return guidance.select_frames(x[:, :, known], known, f), [i for i in range(f) if i not in known], mean, var
+    y = guidance.area_downsample(x, 2)
+    return (guidance.downsample(y, 2), list(range(f)), y.repeat_interleave(2, 3).repeat_interleave(2, 4),
+            0.75 * torch.diag(prior.cov))
 
 
 def variance_at(cond, phi):

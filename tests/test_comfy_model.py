@@ -62,8 +62,7 @@ def x_hat(model, z, phi):
 
 def oracle_model(pack, prior, kind):
     """The exact denoiser of Gaussian ``prior`` as a SigmaModel of prediction type ``kind``, as the node builds it."""
-    scaling, lo, hi, sigmas = pack[0].sampling_functions(cms.KINDS[kind]())
-    return SigmaModel(scaling, lo, hi, sigmas, channels=1, denoise=oracle.denoiser_of(prior, dict(scaling=scaling)))
+    return oracle.hosted(prior, *pack[0].sampling_functions(cms.KINDS[kind]()))
 
 
 # ---------------------------------------------------------------------------------------------- formulas
@@ -135,15 +134,11 @@ def test_posterior_guidance_extends_through_each_prediction_type(kind, pack):
     prior = oracle.CorrelatedGaussian(16, 0.9, 0.25)
     model = oracle_model(pack, prior, kind)
     x = prior.draw(16, 24, 24, seed=22)
-    known = list(range(8))
-    k, cond = oracle.conditional(prior.cov, known)
-    mean = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known])
+    obs, unknown, mean, var = oracle.job("extend", prior, x)
     angles = capabilities(model).angles(DEFAULT_STEPS, "posterior")
-    var = torch.diag(cond)
-    obs = guidance.select_frames(x[:, :, known], known, 16)
     out = sampling.sample(model, torch.randn(x.shape, generator=torch.Generator().manual_seed(20)), angles,
                           SamplerSettings(method="posterior"), observation=obs, clip=False)
-    slopes, ratios = oracle.frame_fit(out[:, :, 8:], mean, var)
+    slopes, ratios = oracle.frame_fit(out[:, :, unknown], mean, var)
     assert max(abs(s - 1) for s in slopes) <= 0.05, slopes
     assert 0.8 <= min(ratios) and max(ratios) <= 1.25, ratios
 
@@ -158,16 +153,8 @@ def test_posterior_interpolates_and_upscales_on_wans_grid(job, pack):
     prior = oracle.CorrelatedGaussian(16, 0.9, 0.25)
     model = oracle_model(pack, prior, "flow_shift8")
     x = prior.draw(16, 24, 24, seed=22)
-    if job == "interpolate":
-        known = list(range(0, 16, 4))
-        unknown = [i for i in range(16) if i not in known]
-        k, cond = oracle.conditional(prior.cov, known)
-        mean, var = torch.einsum("uk,bckhw->bcuhw", k.float(), x[:, :, known]), torch.diag(cond)
-        obs, settings = guidance.select_frames(x[:, :, known], known, 16), SamplerSettings(method="posterior").for_job()
-    else:
-        y = guidance.area_downsample(x, 2)
-        unknown, mean, var = list(range(16)), y.repeat_interleave(2, 3).repeat_interleave(2, 4), 0.75 * torch.diag(prior.cov)
-        obs, settings = guidance.downsample(y, 2), SamplerSettings(method="posterior").for_job(factor=2)
+    obs, unknown, mean, var = oracle.job(job, prior, x)
+    settings = SamplerSettings(method="posterior").for_job(factor=2 if job == "upscale2" else 1)
     angles = capabilities(model).angles(DEFAULT_STEPS, "posterior")
     out = sampling.sample(model, torch.randn(x.shape, generator=torch.Generator().manual_seed(20)), angles, settings,
                           observation=obs, clip=False, generator=torch.Generator().manual_seed(21))

@@ -13,7 +13,7 @@ from vdm_core.settings import SamplerSettings, auto_guidance_weight
 from vdm_core.external import LatentSpace, SigmaModel
 from vdm_core.schedule import sampling_angles
 
-from oracle import CorrelatedGaussian as Prior, denoiser_of, flow, regression_error, ve
+from oracle import CorrelatedGaussian as Prior, flow, hosted, regression_error, ve
 
 D = torch.float64
 
@@ -25,7 +25,7 @@ def _gen(seed):
 @pytest.mark.parametrize("kind", [flow(1.0), flow(8.0), ve()], ids=["flow", "flow-shift-8", "ve"])
 def test_sigma_model_is_the_exact_v_of_its_denoiser(kind):
     prior = Prior(4, 0.9)
-    model = SigmaModel(**kind, channels=1, denoise=denoiser_of(prior, kind))
+    model = hosted(prior, **kind)
     angles = model.angles(12)
     assert angles[0] == pytest.approx(model.phi_of(kind["sigma_max"]))  # starts at σ_max's angle
     assert all(b < a for a, b in zip(angles, angles[1:])) and angles[-1] > 0
@@ -58,7 +58,7 @@ def test_guidance_through_its_own_schedule_reaches_the_conditional_mean(kind, as
     flow and VE, 0.244 on the pack's grid; with shift 8 0.40 (the shift spends its 20 steps at high noise, where
     guidance is weak: α is small)."""
     prior = Prior(5, 0.9)
-    model = SigmaModel(**kind, channels=1, denoise=denoiser_of(prior, kind))
+    model = hosted(prior, **kind)
     known, unknown = [0, 4], [1, 2, 3]
     x = prior.draw(512, 1, 1, seed=1)
     obs = guidance.select_frames(x[:, :, known], known, 5)

@@ -7,14 +7,13 @@ import pytest
 import torch
 
 from vdm_core import tasks, unet3d
-from vdm_core.external import SigmaModel
 from vdm_core.guidance import Observation, area_downsample, combine, downsample, select_frames
 from vdm_core.posterior import consistent, consistent_update, linearized, posterior, posterior_update
 from vdm_core.sampling import conditioned, ddim, predict_x, sample
 from vdm_core.settings import DEFAULT_ITERATIONS, SamplerSettings, auto_guidance_weight
 from vdm_core.schedule import sampling_angles
 
-from oracle import CorrelatedGaussian, denoiser_of, flow, frame_fit, gaussian_conditional, ve
+from oracle import CorrelatedGaussian, flow, frame_fit, gaussian_conditional, hosted, ve
 
 D = torch.float64
 
@@ -341,7 +340,7 @@ def test_extension_through_another_models_coordinates(kind, spread):
     0.61–0.81 at 100 steps and the same with 8 iterations, where unconditional sampling on that grid keeps only
     0.82–0.87 of the prior's variance."""
     prior = CorrelatedGaussian(16, 0.9, 0.25)
-    model = SigmaModel(**kind, channels=1, denoise=denoiser_of(prior, kind))
+    model = hosted(prior, **kind)
     x, obs, mean, var = _extension(prior, 16, 24, seed=22)
     out = sample(model, torch.randn(x.shape, generator=_gen(20)), model.angles(50), SamplerSettings(method="posterior"),
                  observation=obs, clip=False)
