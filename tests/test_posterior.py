@@ -102,6 +102,39 @@ def test_cg_counts_its_jacobian_products_and_stops_when_solved():
     assert used == 0 and not calls and torch.equal(out, x_hat)
 
 
+def test_posterior_update_moves_where_a_cg_step_would_raise_the_error():
+    """An ill-conditioned ``M = A J Aᵀ`` (as a trained denoiser's at high noise) can make CG's first step raise the
+    observation error: with J = diag(1, 100), both values observed and r = (1, 0.1), from 1.00 to 4.97. Refusing it
+    left x̃ = x̂ at every iteration count; conjugate residuals take over and reach M⁻¹ r in 2 products. On random
+    6-value cases (J symmetric with eigenvalues 1 … 1000, and the same made asymmetric) the error never ends
+    above where it started, and the symmetric one is solved in 6 products, as many as M has distinct eigenvalues."""
+    def jp_of(m):
+        return lambda w: (w.flatten(1) @ m).reshape(w.shape)
+
+    x_hat = torch.zeros(1, 1, 2, 1, 1, dtype=D)
+    obs = select_frames(torch.tensor([1.0, 0.1], dtype=D).reshape(1, 1, 2, 1, 1), [0, 1], 2)
+    jp = jp_of(torch.diag(torch.tensor([1.0, 100.0], dtype=D)))
+    one, used = posterior_update(x_hat, jp, obs.operator, obs.y, iterations=1)
+    assert used == 1 and 0 < float((obs.y - one).norm()) < 0.99 * float(obs.y.norm())
+    out, used = posterior_update(x_hat, jp, obs.operator, obs.y, iterations=4)
+    assert used == 2
+    torch.testing.assert_close(out, obs.y)  # A = I: the posterior mean agrees with y
+
+    n = 6
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=_gen(30), dtype=D))
+    spd = q @ torch.diag(torch.logspace(0, 3, n, dtype=D)) @ q.T
+    skewed = spd + 30 * torch.triu(torch.randn(n, n, generator=_gen(31), dtype=D), 1)
+    x_hat = torch.zeros(1, 1, n, 1, 1, dtype=D)
+    obs = select_frames(torch.randn(1, 1, n, 1, 1, generator=_gen(32), dtype=D), list(range(n)), n)
+    start = float(obs.y.norm())
+    for m in (spd, skewed):
+        errors = [float((obs.y - posterior_update(x_hat, jp_of(m), obs.operator, obs.y, it)[0]).norm())
+                  for it in range(1, 9)]
+        assert max(errors) <= start and errors[-1] < 0.4 * start, (start, errors)
+        if m is spd:
+            assert errors[5] < 1e-6 * start, errors
+
+
 # ---------------------------------------------------------------- nonlinear operators
 
 
