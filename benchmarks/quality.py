@@ -170,7 +170,7 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="+", default=["reconstruction", "replacement", "both", "posterior"],
                     choices=METHODS)
     ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
-                    help="CG iterations of methods posterior and consistency")
+                    help="solver iterations of methods posterior and consistency")
     ap.add_argument("--weights", type=float, nargs="+", default=None,
                     help="w_r grid (default: settings.auto_guidance_weight of each job)")
     ap.add_argument("--chunk", type=int, default=32, help="clips per sampling batch")
@@ -188,7 +188,7 @@ def main(argv=None):
              f"{model.training_info.get('steps')} training steps, data: {model.training_info.get('data')}). "
              f"Test sets: " + "; ".join(f"{ts.name}: {ts.description}" for ts in sets) + ". "
              f"Samples per clip: {args.samples}, DDIM η = 0, {args.steps} steps; methods posterior and consistency: "
-             f"{args.iterations} CG iterations. "
+             f"{args.iterations} solver iterations. "
              f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads.", ""]
     print("\n".join(lines), flush=True)
     summary = ["### summary: each method against the job's baseline", "",
