@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from vdm_core import checkpoint, guidance
+from vdm_core.contract import capabilities
 from vdm_core.data import sprite_batch, split_seed
 from vdm_core.metrics import object_errors, psnr, sprite_errors, ssim
 from vdm_core.sampling import sample
 from vdm_core.settings import DEFAULT_ITERATIONS, METHODS, SamplerSettings, auto_guidance_weight
-from vdm_core.schedule import sampling_angles
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from independent_scenes import independent_set  # noqa: E402  (benchmarks/ is not a package)
@@ -136,7 +136,8 @@ def run_method(model, x, job, method, weight, samples, steps, chunk, iterations=
         for i in range(0, n, chunk):
             obs = make_job(job, x[i:i + chunk])[0]
             settings = SamplerSettings(method=method, guidance_weight=weight, iterations=iterations)
-            parts.append(sample(model, noise[i:i + chunk].to(model.device), sampling_angles(steps), settings,
+            angles = capabilities(model).angles(steps, method)  # the grid jobs sample this method on
+            parts.append(sample(model, noise[i:i + chunk].to(model.device), angles, settings,
                                 observation=obs, generator=gen).cpu().clamp(-1, 1))  # as jobs return
         out.append(torch.cat(parts))
     return torch.stack(out)
