@@ -13,8 +13,9 @@ from numbers import Integral
 METHODS = ("reconstruction", "replacement", "both", "posterior", "consistency")
 """How an observation conditions sampling (``sampling.conditioned``)."""
 DEFAULT_ITERATIONS = 4
-"""Conjugate-gradient iterations per step of methods ``posterior`` (each one backward pass through the model)
-and ``consistency`` (each one through the observation only): ``vdm_core.posterior``."""
+"""Solver iterations per step of methods ``posterior`` (conjugate gradients, conjugate residuals where a CG step
+fails; each one backward pass through the model) and ``consistency`` (conjugate residuals, each one through the
+observation only): ``vdm_core.posterior``."""
 DEFAULT_STEPS = 32
 """Steps per window of every front end and of the library's job functions."""
 AUTO_WEIGHT_EXACT = 16.0
