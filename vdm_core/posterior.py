@@ -87,14 +87,17 @@ def _guarded_step(ok: Tensor, step: Tensor, res: Tensor, mp: Tensor, jp: Tensor,
 def posterior_update(x_hat: Tensor, jacobian_product: Callable[[Tensor], Tensor], operator: Callable[[Tensor], Tensor],
                      y: Tensor, iterations: int) -> tuple[Tensor, int]:
     """``(x̃, products used)``: ``x̃ = x̂ + J Aᵀ u`` with ``(A J Aᵀ) u = r = y − A(x̂)`` solved by at most
-    ``iterations`` conjugate-gradient (CG) steps from ``u = 0`` per batch element. ``x_hat``: ``[B, C, F, H, W]``;
+    ``iterations`` steps from ``u = 0`` per batch element, conjugate-gradient (CG) steps as long as they do not raise
+    the error, then conjugate-residual ones. ``x_hat``: ``[B, C, F, H, W]``;
     ``jacobian_product(w)``: ``J w`` (or the ``Jᵀ w`` a VJP gives) for ``w`` of that shape; ``operator``: ``A``
     (linearised at ``x̂`` by :func:`linearized`); ``y``: ``A``'s output shape, batch ``B`` or 1.
 
     A CG step is taken where the curvature ``pᵀ M p`` is positive and the step leaves the linearised observation
     error ``‖y − A(x̃)‖`` at most where it started. Elsewhere the step is the minimal-residual one along the same
-    ``M p`` (``s = rᵀ M p / ‖M p‖²``, which lowers the error whenever ``rᵀ M p > 0``) and CG restarts from the new
-    residual; a batch element stops when neither step is possible or its residual is below ``100 ε`` of the first.
+    ``M p`` (``s = rᵀ M p / ‖M p‖²``, which lowers the error whenever ``rᵀ M p > 0``), and the element goes on by
+    conjugate residuals (Saad, "Iterative Methods for Sparse Linear Systems", 2003, Alg. 6.20), whose error never
+    grows; it stops when no step lowers the error or its residual is below ``100 ε`` of the first. Each step is
+    one product ``J Aᵀ w``.
     For Gaussian data (``J`` symmetric positive definite, well conditioned) every step is CG's. A trained network's
     ``J`` need be neither symmetric nor positive definite, and at high noise ``M`` is far from well conditioned: on
     the bundled model CG's first step would have raised the error at 70–92% of the calls at angles 0.6–1.5, and
@@ -108,8 +111,7 @@ def posterior_update(x_hat: Tensor, jacobian_product: Callable[[Tensor], Tensor]
     rr0 = rr.clone()
     solved = (100 * torch.finfo(res.dtype).eps) ** 2 * rr
     active = torch.isfinite(rr) & (rr > 0)
-    cr = torch.zeros_like(active)  # batch elements solving by conjugate residuals
-    fresh = torch.ones_like(active)  # ... whose next step starts a new conjugate-residual sequence
+    cr = torch.zeros_like(active)  # batch elements that went on by conjugate residuals
     p, jp, mp, rmr = res.clone(), torch.zeros_like(x_hat), torch.zeros_like(res), torch.ones_like(rr)
     correction = torch.zeros_like(x_hat)
     used = 0
@@ -124,12 +126,13 @@ def posterior_update(x_hat: Tensor, jacobian_product: Callable[[Tensor], Tensor]
         curv = _dot(p, mq)
         cg = fine & ~cr & (curv > 0)
         step = torch.where(cg, rr / torch.where(cg, curv, torch.ones_like(curv)), torch.zeros_like(curv))
-        cg = cg & (_dot(res - _per(step, mq) * mq, res - _per(step, mq) * mq) <= rr0)
-        # conjugate residuals (Saad 2003, Alg. 6.20): p ← r + β p, M p ← M r + β M p, step rᵀ M r / ‖M p‖²; an
-        # element whose CG step failed takes the minimal-residual step along the p it has and continues by them
+        trial = res - _per(step, mq) * mq
+        cg = cg & (_dot(trial, trial) <= rr0)
+        # conjugate residuals: p ← r + β p, M p ← M r + β M p, step rᵀ M r / ‖M p‖²; an element whose CG step
+        # failed takes the minimal-residual step along the p it has (β = 0) and goes on by them
         switch = fine & ~cr & ~cg
         rmr_new = _dot(res, mq)
-        beta = torch.where(cr & ~fresh, rmr_new / rmr, torch.zeros_like(rmr))
+        beta = torch.where(cr, rmr_new / torch.where(cr, rmr, torch.ones_like(rmr)), torch.zeros_like(rmr))
         jp = torch.where(_per(cr | switch, jq), jq + _per(beta, jp) * jp, jp)
         mp = torch.where(_per(cr | switch, mq), mq + _per(beta, mp) * mp, mp)
         rmr = torch.where(cr | switch, rmr_new, rmr)
@@ -148,7 +151,6 @@ def posterior_update(x_hat: Tensor, jacobian_product: Callable[[Tensor], Tensor]
         p = torch.where(_per(cg, p), res + _per(beta_cg, p) * p, p)
         rr = torch.where(ok, rr_new, rr)
         cr = cr | switch
-        fresh = fresh & ~mr
         active = ok & (rr > solved)
     return x_hat + correction, used
 
