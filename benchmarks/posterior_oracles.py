@@ -1,11 +1,14 @@
 """Conditioning on exact Gaussian oracles: each method's samples against the closed-form conditional.
 
 The prior (``tests/oracle.py``, ``CorrelatedGaussian``): every pixel an AR(1) series over 16 frames, ρ 0.9 and
-std 0.25 by default. Jobs, each with its conditional in closed form:
+std 0.25 by default; with ``--length ℓ``, ``SeparableGaussian``: the same series, each frame a smooth field in
+space (a periodic Gaussian kernel of length ℓ pixels), which makes the denoiser's Jacobian far from isotropic. Jobs,
+each with its conditional in closed form:
 
 * ``extend``: frames 0–7 known; frame 7+k has mean ρᵏ·x₇ and variance std²(1 − ρ²ᵏ);
 * ``interpolate``: keyframes 0, 4, 8, 12 known (Gaussian conditioning on them);
-* ``upscale2``: every frame's 2×2 block means known; E[x | y] = y upsampled, variance ¾·std².
+* ``upscale2``: every frame's 2×2 block means known; E[x | y] = y upsampled, variance ¾·std² (independent pixels
+  only: not run with ``--length``).
 
 Per job and method: the worst frame's |regression slope − 1| of the sampled unknown frames on the exact
 conditional mean, and the range over frames of the variance ratio E[(x − E[x|y])²]/Var[x|y] (both 1 when the
@@ -35,7 +38,7 @@ from vdm_core.settings import DEFAULT_ITERATIONS
 from vdm_core.contract import capabilities
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from oracle import CorrelatedGaussian, frame_fit, job  # noqa: E402  (tests/ is not a package)
+from oracle import CorrelatedGaussian, SeparableGaussian, frame_fit, job  # noqa: E402  (tests/ is not a package)
 
 
 def run(model, x, obs, method, steps, seed, **kw):
@@ -51,7 +54,9 @@ def main(argv=None):
     ap.add_argument("--rho", type=float, default=0.9)
     ap.add_argument("--std", type=float, default=0.25)
     ap.add_argument("--clips", type=int, default=16)
-    ap.add_argument("--size", type=int, default=32, help="H = W: clips × size² independent series")
+    ap.add_argument("--size", type=int, default=32, help="H = W: clips × size² series")
+    ap.add_argument("--length", type=float, default=0.0,
+                    help="spatial correlation length in pixels (SeparableGaussian); 0: independent pixels")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--iterations", type=int, nargs="+", default=[1, 2, 3, 4])
@@ -59,14 +64,15 @@ def main(argv=None):
     ap.add_argument("--jobs", nargs="+", default=["extend", "interpolate", "upscale2", "drift"])
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    model = CorrelatedGaussian(16, args.rho, args.std)
+    model = (SeparableGaussian(16, args.rho, args.std, args.size, args.length) if args.length
+             else CorrelatedGaussian(16, args.rho, args.std))
     print(f"Command: `python benchmarks/posterior_oracles.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
-          f"\n\nρ {args.rho}, std {args.std}, {args.clips} clips × {args.size}² series, {args.steps} steps, seeds "
+          f"\n\nρ {args.rho}, std {args.std}, {args.clips} clips × {args.size}² series, spatial length {args.length:g}, {args.steps} steps, seeds "
           f"{args.seeds}; default iterations {DEFAULT_ITERATIONS}.\n")
     methods = [("both", dict(guidance_weight=w), f"both w_r {w:g}") for w in args.weights]
     methods += [("posterior", dict(iterations=k), f"posterior {k} it.") for k in args.iterations]
     methods += [("consistency", {}, "consistency"), ("replacement", {}, "replacement")]
-    for name in (j for j in args.jobs if j != "drift"):
+    for name in (j for j in args.jobs if j != "drift" and not (args.length and j == "upscale2")):
         print(f"| {name} | worst slope error (per seed) | variance ratio range | s |\n| --- | --- | --- | --- |")
         for method, kw, label in methods:
             if method == "replacement" and name == "upscale2":

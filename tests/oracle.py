@@ -42,6 +42,42 @@ class CorrelatedGaussian:
         return (e @ torch.linalg.cholesky(self.cov).T).float().permute(0, 1, 4, 2, 3)
 
 
+class SeparableGaussian(CorrelatedGaussian):
+    """:class:`CorrelatedGaussian` in time × a smooth stationary field in space: Σ = Σ_t ⊗ Σ_s over ``size``²
+    pixels, Σ_s the periodic Gaussian kernel of length ``length`` in each axis, k(d) = Σₘ exp(−(d + m·size)²/2ℓ²)
+    (:meth:`kernel`, positive definite), per axis and scaled to unit variance, so each pixel is still the AR(1)
+    series of Σ_t and the extension and interpolation conditionals per pixel are :func:`job`'s. Σ_s is circulant,
+    diagonal in the 2-D Fourier basis: E[x|z] = α Σ (α² Σ + σ² I)⁻¹ z is computed there, with the eigenvalues
+    λ_t·λ_s. Differentiable; clips must be ``size``² (``H = W = size``)."""
+
+    def __init__(self, frames, rho, std, size, length):
+        super().__init__(frames, rho, std)
+        k = self.kernel(size, length)
+        lam = torch.fft.fft(k).real / k[0]  # one axis's eigenvalues, unit variance
+        self.lam_s = (lam[:, None] * lam[None, :]).float()
+
+    @staticmethod
+    def kernel(size, length):
+        """``[size]`` k(d), d = 0 … size − 1: the Gaussian of length ``length`` summed over its periodic copies."""
+        d = torch.arange(size, dtype=D)[:, None] + size * torch.arange(-3, 4, dtype=D)[None, :]
+        return torch.exp(-d * d / (2 * length * length)).sum(1)
+
+    def __call__(self, z, phi):
+        p = phi.to(z.dtype).reshape(-1, 1, 1, 1, 1)
+        a, s = torch.cos(p), torch.sin(p)
+        zf = torch.fft.fft2(z).movedim(2, -1)  # [B, C, H, W, F]: Fourier in space, frames last
+        zt = torch.complex(zf.real @ self.u, zf.imag @ self.u)  # Σ_t's eigenbasis
+        lam = self.lam_s[:, :, None] * self.lam
+        xt = zt * (a * lam / (a * a * lam + s * s))
+        x = torch.fft.ifft2(torch.complex(xt.real @ self.u.T, xt.imag @ self.u.T).movedim(-1, 2)).real
+        return (a * z - x) / s
+
+    def draw(self, b, h, w, seed, channels=1):
+        e = torch.randn(b, channels, self.cov.shape[0], h, w, generator=torch.Generator().manual_seed(seed), dtype=D)
+        e = torch.fft.ifft2(torch.fft.fft2(e) * self.lam_s.double().sqrt()).real
+        return torch.einsum("ij,bcjhw->bcihw", torch.linalg.cholesky(self.cov), e).float()
+
+
 def flow(shift=3.0):
     """A flow model's coordinates x = (1 − σ)·x0 + σ·ε and its shifted 'simple' grid (ComfyUI:
     comfy/model_sampling.py)."""
