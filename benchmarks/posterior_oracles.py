@@ -67,8 +67,8 @@ def main(argv=None):
     model = (SeparableGaussian(16, args.rho, args.std, args.size, args.length) if args.length
              else CorrelatedGaussian(16, args.rho, args.std))
     print(f"Command: `python benchmarks/posterior_oracles.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
-          f"\n\nρ {args.rho}, std {args.std}, {args.clips} clips × {args.size}² series, spatial length {args.length:g}, {args.steps} steps, seeds "
-          f"{args.seeds}; default iterations {DEFAULT_ITERATIONS}.\n")
+          f"\n\nρ {args.rho}, std {args.std}, {args.clips} clips × {args.size}² series, spatial length {args.length:g}, "
+          f"{args.steps} steps, seeds {args.seeds}; default iterations {DEFAULT_ITERATIONS}.\n")
     methods = [("both", dict(guidance_weight=w), f"both w_r {w:g}") for w in args.weights]
     methods += [("posterior", dict(iterations=k), f"posterior {k} it.") for k in args.iterations]
     methods += [("consistency", {}, "consistency"), ("replacement", {}, "replacement")]

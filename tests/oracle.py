@@ -63,6 +63,8 @@ class SeparableGaussian(CorrelatedGaussian):
         return torch.exp(-d * d / (2 * length * length)).sum(1)
 
     def __call__(self, z, phi):
+        if tuple(z.shape[-2:]) != tuple(self.lam_s.shape):
+            raise ValueError(f"SeparableGaussian of {tuple(self.lam_s.shape)} pixels, got clips of {tuple(z.shape[-2:])}")
         p = phi.to(z.dtype).reshape(-1, 1, 1, 1, 1)
         a, s = torch.cos(p), torch.sin(p)
         zf = torch.fft.fft2(z).movedim(2, -1)  # [B, C, H, W, F]: Fourier in space, frames last

@@ -97,8 +97,7 @@ def posterior_update(x_hat: Tensor, jacobian_product: Callable[[Tensor], Tensor]
     ``M p`` (``s = rᵀ M p / ‖M p‖²``, which lowers the error whenever ``rᵀ M p > 0``), and the element goes on by
     conjugate residuals (Saad, "Iterative Methods for Sparse Linear Systems", 2003, Alg. 6.20), whose error never
     grows; it stops when no step lowers the error or its residual is below ``100 ε`` of the first. Each step is
-    one product ``J Aᵀ w``.
-    For Gaussian data (``J`` symmetric positive definite, well conditioned) every step is CG's. A trained network's
+    one product ``J Aᵀ w``. For Gaussian data (``J`` symmetric positive definite, well conditioned) every step is CG's. A trained network's
     ``J`` need be neither symmetric nor positive definite, and at high noise ``M`` is far from well conditioned: on
     the bundled model CG's first step would have raised the error at 70–92% of the calls at angles 0.6–1.5, and
     refused, it left the guidance standing still there (docs/benchmarks.md, "Posterior guidance that stood
