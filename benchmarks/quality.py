@@ -128,6 +128,7 @@ def run_method(model, x, job, method, weight, samples, steps, chunk, iterations=
     """``samples`` samples per clip of job ``job`` on true clips ``x``, returns ``[S, N, C, F, H, W]``
     (``iterations``: of methods posterior and consistency)."""
     n = x.shape[0]
+    angles = capabilities(model).angles(steps, method)  # the grid jobs sample this method on
     out = []
     for s in range(samples):
         gen = torch.Generator().manual_seed(1000 + s)
@@ -136,7 +137,6 @@ def run_method(model, x, job, method, weight, samples, steps, chunk, iterations=
         for i in range(0, n, chunk):
             obs = make_job(job, x[i:i + chunk])[0]
             settings = SamplerSettings(method=method, guidance_weight=weight, iterations=iterations)
-            angles = capabilities(model).angles(steps, method)  # the grid jobs sample this method on
             parts.append(sample(model, noise[i:i + chunk].to(model.device), angles, settings,
                                 observation=obs, generator=gen).cpu().clamp(-1, 1))  # as jobs return
         out.append(torch.cat(parts))

@@ -97,10 +97,10 @@ def posterior_update(x_hat: Tensor, jacobian_product: Callable[[Tensor], Tensor]
     ``M p`` (``s = rᵀ M p / ‖M p‖²``, which lowers the error whenever ``rᵀ M p > 0``), and the element goes on by
     conjugate residuals (Saad, "Iterative Methods for Sparse Linear Systems", 2003, Alg. 6.20), whose error never
     grows; it stops when no step lowers the error or its residual is below ``100 ε`` of the first. Each step is
-    one product ``J Aᵀ w``. For Gaussian data (``J`` symmetric positive definite, well conditioned) every step is CG's. A trained network's
-    ``J`` need be neither symmetric nor positive definite, and at high noise ``M`` is far from well conditioned: on
-    the bundled model CG's first step would have raised the error at 70–92% of the calls at angles 0.6–1.5, and
-    refused, it left the guidance standing still there (docs/benchmarks.md, "Posterior guidance that stood
+    one product ``J Aᵀ w``. For Gaussian data (``J`` symmetric positive definite, well conditioned) every step is
+    CG's. A trained network's ``J`` need be neither symmetric nor positive definite, and at high noise ``M`` is far
+    from well conditioned: on the bundled model CG's first step would have raised the error at 70–92% of the calls
+    at angles 0.6–1.5, and refused, it left the guidance standing still there (docs/benchmarks.md, "Posterior guidance that stood
     still"). ``M = A J Aᵀ`` is also singular when ``A`` has more outputs than inputs (a decoder: more pixels than
     latents), and with real pixels, rarely exactly decodable, ``r`` is not in its range and plain CG would diverge.
     ``x̃`` is finite whenever ``x̂`` is."""
@@ -139,7 +139,8 @@ def posterior_update(x_hat: Tensor, jacobian_product: Callable[[Tensor], Tensor]
         mr = fine & (cr | switch) & (rmr > 0) & (mpmp > 0)
         mr_step = rmr / torch.where(mr, mpmp, torch.ones_like(mpmp))
         step = torch.where(cg, step, torch.where(mr, mr_step, torch.zeros_like(step)))
-        new_res = res - _per(step, torch.where(_per(cg, mq), mq, mp)) * torch.where(_per(cg, mq), mq, mp)
+        m_moved = torch.where(_per(cg, mq), mq, mp)  # M of the direction stepped along
+        new_res = res - _per(step, m_moved) * m_moved
         rr_new = _dot(new_res, new_res)
         mr = mr & (rr_new <= rr)
         ok = cg | mr
