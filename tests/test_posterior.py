@@ -91,14 +91,14 @@ def test_cg_counts_its_jacobian_products_and_stops_when_solved():
         return (w.flatten(1) @ s).reshape(w.shape)
 
     obs = select_frames(torch.randn(1, 1, 2, 1, 1, generator=_gen(4), dtype=D), [0, 2], 3)
-    out, used = posterior_update(x_hat, jp, obs.operator, obs.y, iterations=4)
+    out, used, _ = posterior_update(x_hat, jp, obs.operator, obs.y, iterations=4)
     assert used == len(calls) == 2  # 2 observed values: solved after 2, the rest skipped
     a = torch.eye(3, dtype=D)[[0, 2]]
     r = obs.y.flatten() - a @ x_hat.flatten()
     want = x_hat.flatten() + s @ a.T @ torch.linalg.solve(a @ s @ a.T, r)
     torch.testing.assert_close(out.flatten(), want)
     calls.clear()
-    out, used = posterior_update(x_hat, jp, obs.operator, obs.operator(x_hat), iterations=3)
+    out, used, _ = posterior_update(x_hat, jp, obs.operator, obs.operator(x_hat), iterations=3)
     assert used == 0 and not calls and torch.equal(out, x_hat)
 
 
@@ -114,9 +114,9 @@ def test_posterior_update_moves_where_a_cg_step_would_raise_the_error():
     x_hat = torch.zeros(1, 1, 2, 1, 1, dtype=D)
     obs = select_frames(torch.tensor([1.0, 0.1], dtype=D).reshape(1, 1, 2, 1, 1), [0, 1], 2)
     jp = jp_of(torch.diag(torch.tensor([1.0, 100.0], dtype=D)))
-    one, used = posterior_update(x_hat, jp, obs.operator, obs.y, iterations=1)
+    one, used, _ = posterior_update(x_hat, jp, obs.operator, obs.y, iterations=1)
     assert used == 1 and 0 < float((obs.y - one).norm()) < 0.99 * float(obs.y.norm())
-    out, used = posterior_update(x_hat, jp, obs.operator, obs.y, iterations=4)
+    out, used, _ = posterior_update(x_hat, jp, obs.operator, obs.y, iterations=4)
     assert used == 2
     torch.testing.assert_close(out, obs.y)  # A = I: the posterior mean agrees with y
 
@@ -516,7 +516,7 @@ def test_values_no_clip_can_reach_never_make_the_fit_worse(update):
                 _, vjp = torch.func.vjp(lambda t: 0.6 * t - 0.8 * model(t, torch.full((2,), math.atan2(0.8, 0.6))), z)
                 return vjp(w.float())[0].double()
 
-            out, _ = posterior_update(x_hat, jp, linear, ys, it)
+            out, _, _ = posterior_update(x_hat, jp, linear, ys, it)
         assert torch.isfinite(out).all()
         errors.append(fit(out))
     assert max(errors) <= start * (1 + 1e-9), (start, errors)
