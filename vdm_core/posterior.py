@@ -199,10 +199,13 @@ def _along(d: Tensor, res: Tensor, active: Tensor, jacobian_product: Callable[[T
     jd = jacobian_product(adjoint(d))
     md = forward(jd)
     fine = active & torch.isfinite(jd).flatten(1).all(1) & torch.isfinite(md).flatten(1).all(1)
-    mdmd = _dot(md, md)
-    step = torch.where(fine & (mdmd > 0), _dot(res, md) / torch.where(mdmd > 0, mdmd, torch.ones_like(mdmd)),
-                       torch.zeros_like(mdmd))
-    step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))
+    rr, curv, mdmd = _dot(res, res), _dot(d, md), _dot(md, md)
+    ones = torch.ones_like(rr)
+    galerkin = torch.where(fine & (curv > 0), _dot(res, d) / torch.where(curv > 0, curv, ones), torch.zeros_like(rr))
+    new = res - _per(galerkin, md) * md
+    minimal = torch.where(fine & (mdmd > 0), _dot(res, md) / torch.where(mdmd > 0, mdmd, ones), torch.zeros_like(rr))
+    step = torch.where(_dot(new, new) <= rr, galerkin, minimal)
+    step = torch.where(fine & torch.isfinite(step), step, torch.zeros_like(step))
     return _per(step, d) * d, torch.where(_per(step != 0, jd), _per(step, jd) * jd, torch.zeros_like(jd)), \
         res - torch.where(_per(step != 0, md), _per(step, md) * md, torch.zeros_like(md))
 
