@@ -16,12 +16,11 @@ guidance (``sampling.guided``, VDM eq. 7/8) takes ``C`` isotropic instead. :func
 ``x̃ = x̂ + Aᵀ (A Aᵀ)⁻¹ (y − A(x̂))``, the clip nearest to ``x̂`` that agrees with ``y`` (data consistency on
 x̂, as DDNM, Wang et al. 2023, does for a linear ``A``) — no pass through the denoiser beyond its forward.
 
-``u`` is found by conjugate gradients on ``M = A J Aᵀ`` (:func:`posterior_update`), from the previous sampling
-step's ``u`` (a warm start) and, for a nonlinear ``A`` (a decoder), with ``A`` linearised again where its
-linearisation no longer predicts the error (Gauss–Newton). Each iteration costs one product ``J w`` (a
-vector–Jacobian product, VJP, through the denoiser: ``Jᵀ w``, which equals ``J w`` for an exact denoiser, whose
-Jacobian is symmetric), one VJP through ``A`` and three evaluations of ``A`` (:func:`linearized`, and the true
-error).
+``u`` is found by conjugate gradients on ``M = A J Aᵀ`` from ``u = 0`` (:func:`posterior_update`), for a nonlinear
+``A`` (a decoder) with ``A`` linearised again where its linearisation no longer predicts the error (Gauss–Newton).
+Each iteration costs one product ``J w`` (a vector–Jacobian product, VJP, through the denoiser: ``Jᵀ w``, which
+equals ``J w`` for an exact denoiser, whose Jacobian is symmetric), one VJP through ``A`` and two or three
+evaluations of ``A`` (:func:`linearized`, and the true error where products are left).
 """
 from __future__ import annotations
 
@@ -87,17 +86,12 @@ def _guarded_step(ok: Tensor, step: Tensor, res: Tensor, mp: Tensor, jp: Tensor,
 
 
 def posterior_update(x_hat: Tensor, jacobian_product: Callable[[Tensor], Tensor], operator: Callable[[Tensor], Tensor],
-                     y: Tensor, iterations: int, start: Tensor | None = None) -> tuple[Tensor, int, Tensor]:
-    """``(x̃, products used, u)``: ``x̃ = x̂ + J Aᵀ u`` with ``(A J Aᵀ) u = r = y − A(x̂)`` solved by at most
+                     y: Tensor, iterations: int) -> tuple[Tensor, int]:
+    """``(x̃, products used)``: ``x̃ = x̂ + J Aᵀ u`` with ``(A J Aᵀ) u = r = y − A(x̂)`` solved by at most
     ``iterations`` steps from ``u = 0`` per batch element, conjugate-gradient (CG) steps as long as they do not raise
     the error, then conjugate-residual ones. ``x_hat``: ``[B, C, F, H, W]``;
     ``jacobian_product(w)``: ``J w`` (or the ``Jᵀ w`` a VJP gives) for ``w`` of that shape; ``operator``: ``A``
     (:func:`linearized`); ``y``: ``A``'s output shape, batch ``B`` or 1.
-
-    ``start`` (``u``'s shape, else ignored; with ``iterations`` ≥ 2): a warm start, the previous sampling step's
-    ``u``. The first product then goes along it (:func:`_along`) and CG starts afresh from the residual that
-    leaves, so the solve begins where the last one ended instead of at ``u = 0``, at the same number of products
-    (the solution moves little from one step to the next; docs/benchmarks.md, "A warm start").
 
     A nonlinear ``A`` is linearised at ``x̂``; where a step leaves the true error ``y − A(x̃)`` further from the
     linearised one than half the latter's norm, the linearisation no longer holds, and the products left go on from
@@ -117,40 +111,33 @@ def posterior_update(x_hat: Tensor, jacobian_product: Callable[[Tensor], Tensor]
     still"). ``M = A J Aᵀ`` is also singular when ``A`` has more outputs than inputs (a decoder: more pixels than
     latents), and with real pixels, rarely exactly decodable, ``r`` is not in its range and plain CG would diverge.
     ``x̃`` is finite whenever ``x̂`` is."""
-    u, x, used = None, x_hat, 0
+    x, used, solved = x_hat, 0, None
     while used < iterations:
         a0, forward, adjoint = linearized(operator, x)
         res = (y.to(a0) - a0).expand_as(a0).clone()
-        if u is None:
-            u, solved = torch.zeros_like(res), (100 * torch.finfo(res.dtype).eps) ** 2 * _dot(res, res)
-        x, n, du, depart = _solve(x, res, solved, jacobian_product, operator, y, forward, adjoint, iterations - used,
-                                  start if used == 0 else None)
-        u, used = u + du, used + n
+        if solved is None:
+            solved = (100 * torch.finfo(res.dtype).eps) ** 2 * _dot(res, res)
+        x, n, depart = _solve(x, res, solved, jacobian_product, operator, y, forward, adjoint, iterations - used)
+        used += n
         if n == 0 or not bool(depart.any()):
             break
-    return x, used, u
+    return x, used
 
 
 def _solve(x: Tensor, res: Tensor, solved: Tensor, jacobian_product, operator, y: Tensor, forward, adjoint,
-           iterations: int, start: Tensor | None) -> tuple[Tensor, int, Tensor, Tensor]:
+           iterations: int) -> tuple[Tensor, int, Tensor]:
     """The steps of :func:`posterior_update` on one linearisation of ``A`` (at ``x``, its residual ``res``):
-    ``(x + J Aᵀ u, products used, u, departed)``. An element departs, and stops, where a step leaves the true
+    ``(x + J Aᵀ u, products used, departed)``. An element departs, and stops, where a step leaves the true
     error ``y − A(x + J Aᵀ u)`` further from the linearised one than half the latter's norm."""
     rr = _dot(res, res)
     active = torch.isfinite(rr) & (rr > solved)
-    u, correction = torch.zeros_like(res), torch.zeros_like(x)
+    correction = torch.zeros_like(x)
     depart = torch.zeros_like(active)
     used = 0
-    if start is not None and start.shape == res.shape and iterations >= 2 and bool(active.any()):
-        u, correction, res = _along(start.to(res), res, active, jacobian_product, forward, adjoint)
-        used = 1
-        rr = _dot(res, res)
-        active = active & (rr > solved)
     rr0 = rr.clone()
     cr = torch.zeros_like(active)  # batch elements that went on by conjugate residuals
     p, jp, mp, rmr = res.clone(), torch.zeros_like(x), torch.zeros_like(res), torch.ones_like(rr)
-    pu = torch.zeros_like(res)  # the conjugate-residual direction in u's space
-    for _ in range(iterations - used):
+    for _ in range(iterations):
         if not bool(active.any()):
             break
         lifted = torch.where(_per(cr, res), res, p)
@@ -170,7 +157,6 @@ def _solve(x: Tensor, res: Tensor, solved: Tensor, jacobian_product, operator, y
         rmr_new = _dot(res, mq)
         beta = torch.where(cr, rmr_new / torch.where(cr, rmr, torch.ones_like(rmr)), torch.zeros_like(rmr))
         jp = torch.where(_per(cr | switch, jq), jq + _per(beta, jp) * jp, jp)
-        pu = torch.where(_per(cr | switch, pu), lifted + _per(beta, pu) * pu, pu)
         mp = torch.where(_per(cr | switch, mq), mq + _per(beta, mp) * mp, mp)
         rmr = torch.where(cr | switch, rmr_new, rmr)
         mpmp = _dot(mp, mp)
@@ -184,8 +170,6 @@ def _solve(x: Tensor, res: Tensor, solved: Tensor, jacobian_product, operator, y
         ok = cg | mr
         moved = torch.where(_per(cg, jq), jq, jp)
         correction = torch.where(_per(ok, moved), correction + _per(step, moved) * moved, correction)
-        moved = torch.where(_per(cg, p), p, pu)
-        u = torch.where(_per(ok, u), u + _per(step, moved) * moved, u)
         res = torch.where(_per(ok, res), new_res, res)
         beta_cg = torch.where(cg, rr_new / torch.where(cg, rr, torch.ones_like(rr)), torch.zeros_like(rr))
         p = torch.where(_per(cg, p), res + _per(beta_cg, p) * p, p)
@@ -196,26 +180,7 @@ def _solve(x: Tensor, res: Tensor, solved: Tensor, jacobian_product, operator, y
                 true = y.to(res) - operator(x + correction)
             depart = ok & (_dot(true - res, true - res) > rr / 4)
         active = ok & (rr > solved) & ~depart
-    return x + correction, used, u, depart
-
-
-def _along(d: Tensor, res: Tensor, active: Tensor, jacobian_product: Callable[[Tensor], Tensor],
-           forward: Callable[[Tensor], Tensor], adjoint: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """The warm step of :func:`posterior_update`: ``(u, J Aᵀ u, r − M u)`` for ``u = s·d`` (one product), ``s`` the
-    Galerkin step ``rᵀd / dᵀ M d`` (CG's, exact along ``d`` for symmetric positive definite ``M``) where that
-    does not raise the error ``‖r − M u‖``, else the minimal-residual one ``rᵀ M d / ‖M d‖²``, else 0."""
-    jd = jacobian_product(adjoint(d))
-    md = forward(jd)
-    fine = active & torch.isfinite(jd).flatten(1).all(1) & torch.isfinite(md).flatten(1).all(1)
-    rr, curv, mdmd = _dot(res, res), _dot(d, md), _dot(md, md)
-    ones = torch.ones_like(rr)
-    galerkin = torch.where(fine & (curv > 0), _dot(res, d) / torch.where(curv > 0, curv, ones), torch.zeros_like(rr))
-    new = res - _per(galerkin, md) * md
-    minimal = torch.where(fine & (mdmd > 0), _dot(res, md) / torch.where(mdmd > 0, mdmd, ones), torch.zeros_like(rr))
-    step = torch.where(_dot(new, new) <= rr, galerkin, minimal)
-    step = torch.where(fine & torch.isfinite(step), step, torch.zeros_like(step))
-    return _per(step, d) * d, torch.where(_per(step != 0, jd), _per(step, jd) * jd, torch.zeros_like(jd)), \
-        res - torch.where(_per(step != 0, md), _per(step, md) * md, torch.zeros_like(md))
+    return x + correction, used, depart
 
 
 def consistent_update(x_hat: Tensor, operator: Callable[[Tensor], Tensor], y: Tensor,
@@ -268,11 +233,9 @@ def posterior(denoiser: Callable[[Tensor, float], Tensor], observation: Observat
               iterations: int) -> Callable[[Tensor, float], Tensor]:
     """Posterior guidance of ``denoiser`` (``D(z, φ) → x̂``, float32 ``[B, C, F, H, W]``) by ``observation``:
     ``x̃ = x̂ + J Aᵀ (A J Aᵀ)⁻¹ (y − A(x̂))``, ``J = ∂x̂/∂z`` (module docstring), the inverse by ``iterations``
-    conjugate-gradient steps (≥ 1), each one VJP through the denoiser on a fresh leaf (the graph never spans steps),
-    each call's solve started from the last call's ``u`` (:func:`posterior_update`'s ``start``). Works under
+    conjugate-gradient steps (≥ 1), each one VJP through the denoiser on a fresh leaf (the graph never spans steps). Works under
     ``torch.inference_mode()`` when the model's weights were made outside it (as ``sampling.guided``)."""
     _check(iterations)
-    previous: list[Tensor] = []  # the last call's u: the next call's warm start (posterior_update's ``start``)
 
     def denoise(z: Tensor, phi: float) -> Tensor:
         with torch.inference_mode(False), torch.enable_grad():
@@ -293,9 +256,7 @@ def posterior(denoiser: Callable[[Tensor, float], Tensor], observation: Observat
                     _reraise(e)
                 return g
 
-            start = previous[0] if previous else None
-            out, _, u = posterior_update(x.detach(), jacobian_product, observation.operator, y, iterations, start)
-            previous[:] = [u.detach()]
+            out, _ = posterior_update(x.detach(), jacobian_product, observation.operator, y, iterations)
         return out.detach()
 
     return denoise
