@@ -186,10 +186,10 @@ def test_posterior_through_a_nonlinear_decoder_reaches_the_exact_conditional():
     injective, so E[x^b | y] = E[x^b | x^a] in closed form. Linearising A at x̂ (Aᵀ by VJP, A by central differences),
     and again where that linearisation no longer predicts the error, gets there as closely as on the latents
     themselves: measured worst-frame slope error 0.035, variance ratio 0.91–0.97, observation RMS 0.0007 (2
-    iterations: 0.042, 0.0031; solved to convergence: 0.022, and 0.080 from one linearisation). Reconstruction guidance at w_r 16 overshoots
-    on the observed values (RMS 0.19) and at w_r 8 / 2 misses the mean by 0.21 / 0.64; 'both' (guidance, then
-    data consistency through the decoder) at w_r 1 / 2 holds the observation (RMS 0.0003–0.0004) and misses the
-    mean by 0.69 / 0.60, consistency alone by 0.79 (replacement's failure)."""
+    iterations: 0.042, 0.0031; solved to convergence: 0.022, and 0.080 from one linearisation). Reconstruction
+    guidance at w_r 16 overshoots on the observed values (RMS 0.19) and at w_r 8 / 2 misses the mean by 0.21 /
+    0.64; 'both' (guidance, then data consistency through the decoder) at w_r 1 / 2 holds the observation (RMS
+    0.0003–0.0004) and misses the mean by 0.69 / 0.60, consistency alone by 0.79 (replacement's failure)."""
     model = CorrelatedGaussian(16, 0.9, 0.25)
     x = torch.cat([model.draw(8, 16, 16, seed=8), model.draw(8, 16, 16, seed=9)], 1)  # 2 latent channels
     known = list(range(8))

@@ -140,8 +140,7 @@ def _solve(x: Tensor, res: Tensor, solved: Tensor, jacobian_product, operator, y
     for _ in range(iterations):
         if not bool(active.any()):
             break
-        lifted = torch.where(_per(cr, res), res, p)
-        jq = jacobian_product(adjoint(lifted))  # J Aᵀ p (CG), J Aᵀ r (CR)
+        jq = jacobian_product(adjoint(torch.where(_per(cr, res), res, p)))  # J Aᵀ p (CG), J Aᵀ r (CR)
         used += 1
         mq = forward(jq)  # A J Aᵀ of the same
         fine = active & torch.isfinite(jq).flatten(1).all(1) & torch.isfinite(mq).flatten(1).all(1)
