@@ -504,7 +504,15 @@ def cmd_export(a):
     """The committed files: the VAE in fp32 (its width, ComfyUI's key names) and the denoiser in fp16."""
     vae = load_vae(a.vae, "ema")
     vae_sd = {k: v.float().contiguous() for k, v in vae.state_dict().items()}
-    dit = torch.load(a.dit, weights_only=False)
+    if a.dit.endswith(".safetensors"):  # an exported denoiser (its config and steps in the metadata)
+        from safetensors import safe_open
+
+        with safe_open(a.dit, "pt") as f:
+            meta_in = f.metadata()
+            dit = {"ema": {k: f.get_tensor(k) for k in f.keys()}, "step": int(meta_in["steps"]),
+                   "config": json.loads(meta_in["tiny_wan_config"])}
+    else:
+        dit = torch.load(a.dit, weights_only=False)
     dit_sd = {k: v.to(torch.float16).contiguous() for k, v in dit["ema"].items()}
     meta = {"made_by": "tests/harness/tiny_wan.py", "note": a.note or ""}
     save_st(vae_sd, str(Path(a.dir) / "wan21_tiny_vae.safetensors"), meta)
@@ -567,7 +575,7 @@ def main():
     training_options(dc, batch=16, steps=1000, lr=3e-4, warmup=50, log_every=25, save_every=100)
     e = sub.add_parser("export")
     e.add_argument("vae", help="calibrated VAE: .safetensors or a decoder checkpoint (its EMA)")
-    e.add_argument("dit", help="denoiser checkpoint (its EMA)")
+    e.add_argument("dit", help="denoiser checkpoint (its EMA), or an exported wan21_tiny_t2v.safetensors")
     e.add_argument("dir")
     e.add_argument("--note")
     d = sub.add_parser("dit")
