@@ -107,8 +107,8 @@ def posterior_update(x_hat: Tensor, jacobian_product: Callable[[Tensor], Tensor]
     one product ``J Aᵀ w``. For Gaussian data (``J`` symmetric positive definite, well conditioned) every step is
     CG's. A trained network's ``J`` need be neither symmetric nor positive definite, and at high noise ``M`` is far
     from well conditioned: on the bundled model CG's first step would have raised the error at 70–92% of the calls
-    at angles 0.6–1.5, and refused, it left the guidance standing still there (docs/benchmarks.md, "Posterior guidance that stood
-    still"). ``M = A J Aᵀ`` is also singular when ``A`` has more outputs than inputs (a decoder: more pixels than
+    at angles 0.6–1.5, and refused, it left the guidance standing still there (docs/benchmarks.md, "Posterior
+    guidance that stood still"). ``M = A J Aᵀ`` is also singular when ``A`` has more outputs than inputs (a decoder: more pixels than
     latents), and with real pixels, rarely exactly decodable, ``r`` is not in its range and plain CG would diverge.
     ``x̃`` is finite whenever ``x̂`` is."""
     x, used, solved = x_hat, 0, None
@@ -130,11 +130,11 @@ def _solve(x: Tensor, res: Tensor, solved: Tensor, jacobian_product, operator, y
     ``(x + J Aᵀ u, products used, departed)``. An element departs, and stops, where a step leaves the true
     error ``y − A(x + J Aᵀ u)`` further from the linearised one than half the latter's norm."""
     rr = _dot(res, res)
+    rr0 = rr.clone()
     active = torch.isfinite(rr) & (rr > solved)
     correction = torch.zeros_like(x)
     depart = torch.zeros_like(active)
     used = 0
-    rr0 = rr.clone()
     cr = torch.zeros_like(active)  # batch elements that went on by conjugate residuals
     p, jp, mp, rmr = res.clone(), torch.zeros_like(x), torch.zeros_like(res), torch.ones_like(rr)
     for _ in range(iterations):
