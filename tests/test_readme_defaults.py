@@ -30,14 +30,15 @@ def cli_defaults(command: str) -> dict:
 
 
 def test_sampler_defaults_are_the_documented_ones():
-    m = readme(r"`--dtype` \(`(\w+)`\), `--steps` \((\d+)\), `--eta` \((\d+)\).*?`--method`\s+\(`both` \| "
-               r"`reconstruction` \| `replacement` \| `posterior` \| `consistency`; `(\w+)` by default\), "
+    m = readme(r"`--dtype` \(`(\w+)`\), `--steps` \((\d+)\), `--eta` \((\d+)\).*?`--method`\s+\(`auto` \| "
+               r"`reconstruction` \| `replacement` \| `both` \| `posterior` \| `consistency`; `(\w+)` by default: "
+               r"`posterior`\s+for a job on a ComfyUI model, `both` on the pack's own models and for new clips\), "
                r"`--iterations` \((\d+);.*?`--seed` \((\d+)\)")
     dtype, steps, eta, method, seed = m.group(1), int(m.group(2)), float(m.group(3)), m.group(4), int(m.group(6))
     iterations = int(m.group(5))
     sample = spec.NODES["VDM_SampleDDIMv"]
     assert sample.input("iterations").default == iterations == settings.SamplerSettings().iterations
-    assert sample.input("method").options == settings.METHODS
+    assert sample.input("method").options == settings.CHOICES == (settings.AUTO_METHOD, *settings.METHODS)
     assert sample.input("steps").default == steps == settings.DEFAULT_STEPS == settings.SamplerSettings().steps
     assert sample.input("eta").default == eta and sample.input("method").default == method
     assert sample.input("seed").default == seed and spec.NODES["VDM_LoadModel"].input("dtype").default == dtype

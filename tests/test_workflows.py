@@ -561,7 +561,7 @@ def test_unreachable_server(tmp_path, capsys):
     ("eta=Infinity", "eta must be a finite number"),
     ("steps=0", "steps must be from 1 to 1000"),
     ("steps=2.5", "steps must be a whole number"),
-    ('method="inpaint"', "method must be one of reconstruction, replacement, both"),
+    ('method="inpaint"', "method must be one of auto, reconstruction, replacement, both"),
     ("filename_prefix=../escape", "points outside"),
     ("filename_prefix=notes.txt/x", "is a file, not a folder"),
     ('format="gif"', "cannot be written headless"),

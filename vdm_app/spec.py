@@ -153,16 +153,17 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                   "for the job: 8 for extend (and a long new clip's later windows), 16 for interpolate, 4·factor² for "
                   "upscaling by factor (16 at ×2, 64 at ×4). 0 turns guidance off.", default=AUTO_WEIGHT,
                   min=AUTO_WEIGHT, max=1000.0, step=0.5, flag="--guidance"),
-            Input("method", "COMBO", "How the job's known frames steer sampling: both (default, as in VDM: frames "
+            Input("method", "COMBO", "How the job's known frames steer sampling: auto (default: posterior on a "
+                  "ComfyUI model, both on the pack's own models and for new clips), both (as in VDM: frames "
                   "known exactly are replaced by noised copies and everything else is pulled by reconstruction "
                   "guidance; upscaled frames finally get the input's block averages exactly; pixels a ComfyUI "
                   "model sees through its VAE are also held as in consistency; every job), "
                   "reconstruction (guidance only), replacement (no guidance; extend and interpolate only), posterior "
                   "(as both, but the model's own Jacobian says how the known frames pull the rest: exact on Gaussian "
-                  "test data where both over- or undershoots, about 3× the time of both; no weight) or consistency "
+                  "test data where both over- or undershoots; each step one backward pass through the model per iteration; no weight) or consistency "
                   "(each step's prediction moved to the nearest clip that agrees with the input, through the VAE for "
                   "latent models; never differentiates the model, so it fits the largest models; no weight).",
-                  default="both", options=settings.METHODS, flag="--method"),
+                  default=settings.AUTO_METHOD, options=settings.CHOICES, flag="--method"),
             _int("seed", 0, 0, 0xFFFFFFFFFFFFFFFF, "Noise seed; the same seed gives the same clip on any device.",
                  seed=True, flag="--seed"),
             _int("iterations", settings.DEFAULT_ITERATIONS, 1, 32, "Methods posterior and consistency, and both "

@@ -264,7 +264,7 @@ def run_window(model, caps: Capabilities, job: Job, settings: SamplerSettings, *
     extend = bool(job.new_frames)
     auto = auto_guidance_weight(s, extend)
     lat = sample_plan(model, caps, p, lat, lambda win: latent_observation(win, lat, space, known, device, auto),
-                      settings.for_job(s, extend), progress=progress, device=device)
+                      settings.for_job(s, extend, hosted=True), progress=progress, device=device)
     out = decoded(space, lat, shape[1])
     if extend:
         return with_context(out, clip)

@@ -35,7 +35,7 @@ from torch import Tensor
 from .guidance import Observation, check_observation
 from .posterior import consistent, posterior
 from .schedule import PHI_MAX, eps_from_x, x_from_v
-from .settings import DEFAULT_ITERATIONS, METHODS, SamplerSettings
+from .settings import AUTO_METHOD, DEFAULT_ITERATIONS, METHODS, SamplerSettings
 
 Denoiser = Callable[[Tensor, float], Tensor]
 """``D(z, φ) → x̃``: the clean clip predicted from ``z`` at angle ``φ`` (float32, ``z``'s shape)."""
@@ -242,14 +242,15 @@ def sample(model, noise: Tensor, angles, settings: SamplerSettings = SamplerSett
     prediction at ``φ_0``, so the start holds the signal ``α_0·x`` the model expects, given what is observed
     (from noise alone, as ComfyUI's KSampler starts, an extension's far frames undershoot the conditional mean
     by 0.054 on the Gaussian oracle; tests/test_comfy_model.py). ``settings`` gives η, the method and ``w_r``
-    (resolved: ``SamplerSettings.for_job``; its ``steps`` and ``seed`` are the caller's, who made ``angles`` and
-    ``generator`` from them). ``generator`` drives every random draw (η-noise, replacement noise)."""
+    (resolved: ``SamplerSettings.for_job``; a method still auto is ``both`` here, where the job's model is not
+    known; its ``steps`` and ``seed`` are the caller's, who made ``angles`` and ``generator`` from them). ``generator`` drives every random
+    draw (η-noise, replacement noise)."""
     phis = [float(p) for p in angles]
-    weight = 0.0
+    weight, method = 0.0, "both" if settings.method == AUTO_METHOD else settings.method
     if observation is not None:
         check_observation(observation, noise)
-        weight = settings.weight if settings.method in ("reconstruction", "both") else 0.0
-    den = conditioned(model, observation, method=settings.method, guidance_weight=weight, clip=clip,
+        weight = settings.weight if method in ("reconstruction", "both") else 0.0
+    den = conditioned(model, observation, method=method, guidance_weight=weight, clip=clip,
                       generator=generator, final_angle=phis[-2] if len(phis) > 1 else None,
                       iterations=settings.iterations)
     z = math.sin(phis[0]) * noise.float()

@@ -12,6 +12,15 @@ from numbers import Integral
 
 METHODS = ("reconstruction", "replacement", "both", "posterior", "consistency")
 """How an observation conditions sampling (``sampling.conditioned``)."""
+AUTO_METHOD = "auto"
+"""The default method, resolved for the job by :meth:`SamplerSettings.for_job`: ``posterior`` for a job on a model
+sampled in its host's session (Use ComfyUI Model), ``both`` otherwise (the pack's own models; new clips). On
+ComfyUI's grids ``both`` misses the exact conditional of Gaussian clips (slope error 0.15–0.68, spread up to 7×,
+contrast climbing to 1.17–2.27 over 8 windows) where ``posterior`` meets it, and on the trained tiny Wan posterior
+did better on every job of the v1 set; on the bundled model ``both`` leads on interpolation and long-extension
+colour at a third of the time (docs/benchmarks.md, "The default method")."""
+CHOICES = (AUTO_METHOD, *METHODS)
+"""What the front ends offer for ``method``."""
 DEFAULT_ITERATIONS = 4
 """Solver iterations per step of methods ``posterior`` (conjugate gradients, conjugate residuals where a CG step
 fails; each one backward pass through the model) and ``consistency`` (conjugate residuals, each one through the
@@ -54,14 +63,14 @@ def whole(name: str, value, minimum: int, hint: str = "") -> int:
 class SamplerSettings:
     """``steps`` DDIM steps per window; ``eta`` fresh noise per step (0: deterministic DDIM, 1: ancestral);
     ``guidance_weight`` ``w_r`` of reconstruction guidance (≥ 0; None: auto, :func:`auto_guidance_weight`);
-    ``method`` one of :data:`METHODS`; ``seed`` of all noise (window ``i`` draws from ``seed + i``);
+    ``method`` one of :data:`CHOICES` (auto: :data:`AUTO_METHOD`); ``seed`` of all noise (window ``i`` draws from ``seed + i``);
     ``iterations`` of methods ``posterior`` and ``consistency``, and of ``both``'s data consistency through a
     decoder (≥ 1)."""
 
     steps: int = DEFAULT_STEPS
     eta: float = 0.0
     guidance_weight: float | None = None
-    method: str = "both"
+    method: str = AUTO_METHOD
     seed: int = 0
     iterations: int = DEFAULT_ITERATIONS
 
@@ -78,15 +87,18 @@ class SamplerSettings:
             if not (math.isfinite(w) and w >= 0):
                 raise ValueError(f"guidance_weight must be a number >= 0 (or None for auto), got {self.guidance_weight}")
             object.__setattr__(self, "guidance_weight", w)
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in CHOICES:
+            raise ValueError(f"method must be one of {', '.join(CHOICES)}, got {self.method!r}")
 
-    def for_job(self, factor: int = 1, extend: bool = False) -> SamplerSettings:
+    def for_job(self, factor: int = 1, extend: bool = False, hosted: bool = False) -> SamplerSettings:
         """These settings with auto resolved for a job whose frames are known at ``1/factor`` resolution, or
-        for an extension (``extend``): :func:`auto_guidance_weight`."""
-        if self.guidance_weight is not None:
-            return self
-        return replace(self, guidance_weight=auto_guidance_weight(factor, extend))
+        for an extension (``extend``): the weight by :func:`auto_guidance_weight`, the method (:data:`AUTO_METHOD`)
+        to ``posterior`` where the job conditions a model sampled in its host's session (``hosted``), else to
+        ``both``. New clips pass ``hosted=False``: without an observation the method only picks the step grid,
+        and a host's own grid is the one its model was made for."""
+        method = ("posterior" if hosted else "both") if self.method == AUTO_METHOD else self.method
+        weight = auto_guidance_weight(factor, extend) if self.guidance_weight is None else self.guidance_weight
+        return replace(self, method=method, guidance_weight=weight)
 
     @property
     def weight(self) -> float:

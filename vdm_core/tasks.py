@@ -18,7 +18,7 @@ from .contract import capabilities
 from .execution import Progress, device_of, observation_of, sample_plan
 from .latent_jobs import generate_latent, run_latent
 from .planning import Job, generate_plan, plan
-from .settings import DEFAULT_ITERATIONS, DEFAULT_STEPS, SamplerSettings, whole
+from .settings import AUTO_METHOD, DEFAULT_ITERATIONS, DEFAULT_STEPS, SamplerSettings, whole
 
 __all__ = ["Job", "SamplerSettings", "extend", "generate", "interpolate", "run", "run_unconditional", "upscale"]
 
@@ -26,7 +26,8 @@ __all__ = ["Job", "SamplerSettings", "extend", "generate", "interpolate", "run",
 def run(model, job: Job, settings: SamplerSettings = SamplerSettings(), *, callback: Progress | None = None) -> Tensor:
     """Sample ``job`` with ``model``; returns a CPU float32 ``[C, F_out, H_out, W_out]`` clip in [-1, 1].
 
-    ``settings.method``: ``reconstruction`` | ``replacement`` | ``both`` | ``posterior`` | ``consistency``
+    ``settings.method``: ``auto`` (``settings.AUTO_METHOD``: ``posterior`` on a model sampled in its host's
+    session, else ``both``) | ``reconstruction`` | ``replacement`` | ``both`` | ``posterior`` | ``consistency``
     (``sampling.conditioned``). ``both`` (VDM's): frames known exactly are replaced every step and the rest
     guided; frames known at low resolution are guided, then projected so their block means equal the input
     (``guidance.match_block_means``). Upscaling needs guidance (not ``replacement``). ``callback``: :data:`vdm_core.execution.Progress`.
@@ -47,7 +48,8 @@ def run(model, job: Job, settings: SamplerSettings = SamplerSettings(), *, callb
         out[:, ::k] = clip
     low = clip if s > 1 else None
     return sample_plan(model, caps, p, out, lambda win: observation_of(win, out, low, k, s, device),
-                       settings.for_job(s, bool(job.new_frames)), progress=callback, device=device)
+                       settings.for_job(s, bool(job.new_frames), caps.run is not None), progress=callback,
+                       device=device)
 
 
 def run_unconditional(model, shape: tuple[int, int, int], settings: SamplerSettings = SamplerSettings(), *,
@@ -80,7 +82,7 @@ def _settings(steps, eta, guidance_weight, method, seed, iterations=DEFAULT_ITER
 def generate(model, frames: int, height: int, width: int, *, channels: int | None = None, steps: int = DEFAULT_STEPS,
              eta: float = 0.0, seed: int = 0, callback: Progress | None = None, context: int | None = None,
              window: int | None = None, tile: int | None = None, guidance_weight: float | None = None,
-             method: str = "both") -> Tensor:
+             method: str = AUTO_METHOD) -> Tensor:
     """An unconditional ``[C, frames, height, width]`` clip (:func:`run_unconditional`)."""
     return run_unconditional(model, (frames, height, width), _settings(steps, eta, guidance_weight, method, seed),
                              channels=channels, context=context, window=window, tile=tile, callback=callback)
@@ -88,7 +90,7 @@ def generate(model, frames: int, height: int, width: int, *, channels: int | Non
 
 def extend(model, clip: Tensor, new_frames: int, *, context: int | None = None, window: int | None = None,
            tile: int | None = None, steps: int = DEFAULT_STEPS, eta: float = 0.0, guidance_weight: float | None = None,
-           method: str = "both", seed: int = 0, callback: Progress | None = None,
+           method: str = AUTO_METHOD, seed: int = 0, callback: Progress | None = None,
            iterations: int = DEFAULT_ITERATIONS) -> Tensor:
     """``clip`` followed by ``new_frames`` new frames: ``[C, F + new_frames, H, W]``; the input frames
     are returned unchanged."""
@@ -99,7 +101,7 @@ def extend(model, clip: Tensor, new_frames: int, *, context: int | None = None, 
 
 def interpolate(model, clip: Tensor, multiplier: int, *, window: int | None = None, overlap: int | None = None,
                 tile: int | None = None, steps: int = DEFAULT_STEPS, eta: float = 0.0,
-                guidance_weight: float | None = None, method: str = "both", seed: int = 0,
+                guidance_weight: float | None = None, method: str = AUTO_METHOD, seed: int = 0,
                 callback: Progress | None = None, iterations: int = DEFAULT_ITERATIONS) -> Tensor:
     """``[C, (F − 1)·multiplier + 1, H, W]``: the input frames at 0, k, 2k, … and new frames between."""
     whole("multiplier", multiplier, 2, "multiplier 2 doubles the frame rate")
@@ -109,7 +111,7 @@ def interpolate(model, clip: Tensor, multiplier: int, *, window: int | None = No
 
 def upscale(model, clip: Tensor, factor: int, *, window: int | None = None, overlap: int | None = None,
             tile: int | None = None, steps: int = DEFAULT_STEPS, eta: float = 0.0, guidance_weight: float | None = None,
-            method: str = "both", seed: int = 0, callback: Progress | None = None,
+            method: str = AUTO_METHOD, seed: int = 0, callback: Progress | None = None,
             iterations: int = DEFAULT_ITERATIONS) -> Tensor:
     """``[C, F, H·factor, W·factor]`` whose area average by ``factor`` matches ``clip`` (VDM eq. 8)."""
     whole("factor", factor, 2, "factor 2 doubles width and height")
