@@ -15,11 +15,14 @@ C − (C⁻¹ + α²/σ²·I)⁻¹ for the conditional covariance C (tests/test_
 ``--drift`` also extends a clip of the prior by 8 windows (``tasks.extend``, 16-frame windows, 8 known, the nodes'
 default steps) through each kind and method and prints the contrast of each window's new frames (their std / the
 prior's; 1 for an exact sampler), as ``posterior_oracles.py --jobs drift`` does on the pack's own grid.
+``--length ℓ``: the prior is ``oracle.SeparableGaussian`` (each frame a smooth field of length ℓ pixels, 24² clips,
+so the denoiser's Jacobian is far from isotropic), extension and interpolation only.
 
     python benchmarks/comfy_grid_oracles.py                                  # every kind, 32 and 100 steps
     python benchmarks/comfy_grid_oracles.py --jobs extend interpolate upscale2 --steps 32
     python benchmarks/comfy_grid_oracles.py --kinds flow_shift8 --steps 32 64 100 200
     python benchmarks/comfy_grid_oracles.py --rho 0.97 --kinds flow_shift8 eps --steps --drift
+    python benchmarks/comfy_grid_oracles.py --length 2 --jobs extend interpolate --steps 32 --drift
 """
 from __future__ import annotations
 
@@ -50,21 +53,26 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", nargs="+", default=["posterior", "both"])
     ap.add_argument("--rho", type=float, default=0.9)
     ap.add_argument("--std", type=float, default=0.25)
+    ap.add_argument("--length", type=float, default=0.0,
+                    help="spatial correlation length in pixels (oracle.SeparableGaussian, 24² clips); 0: independent "
+                         "pixels")
     ap.add_argument("--drift", action="store_true", help="also the contrast over 8 extension windows")
     ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="of method posterior")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    prior = oracle.CorrelatedGaussian(16, args.rho, args.std)
+    prior = (oracle.SeparableGaussian(16, args.rho, args.std, 24, args.length) if args.length else
+             oracle.CorrelatedGaussian(16, args.rho, args.std))
     x = prior.draw(16, 24, 24, seed=22)
     print(f"Command: `python benchmarks/comfy_grid_oracles.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
-          f"\n\nρ {args.rho}, std {args.std}, 16 clips × 24² series of 16 frames, auto weight.\n")
+          f"\n\nρ {args.rho}, std {args.std}, spatial length {args.length:g}, 16 clips × 24² series of 16 frames, "
+          f"auto weight.\n")
     print("| job | kind | steps | last σ's angle | method | worst slope error | variance ratio | exact on this grid |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- |")
     stubs = comfy_stubs.modules(tempfile.mkdtemp(prefix="vdm_grid_"))
     name = "custom_nodes_comfyui-vdm_grid_oracles"
     with stubbed_pack(stubs, name=name):
         comfy_model = sys.modules[name + ".nodes.comfy_model"]
-        for job_name in args.jobs:
+        for job_name in (j for j in args.jobs if not (args.length and j == "upscale2")):
             obs, unknown, mean, var = oracle.job(job_name, prior, x)
             known = [i for i in range(x.shape[2]) if i not in unknown]  # none for upscaling: pixels are unknown
             cond = oracle.conditional(prior.cov, known)[1] if known else None
@@ -88,7 +96,8 @@ def main(argv=None) -> None:
                               flush=True)
         if args.drift:
             print(f"\n| kind | method | contrast per window ({DEFAULT_STEPS} steps, 8 windows) |\n| --- | --- | --- |")
-            clip = prior.draw(1, 16, 16, seed=5)[0, :, :8]
+            side = 24 if args.length else 16  # a SeparableGaussian's clips are its own size
+            clip = prior.draw(1, side, side, seed=5)[0, :, :8]
             for kind in args.kinds:
                 model = oracle.hosted(prior, *comfy_model.sampling_functions(cms.KINDS[kind]()))
                 for method in args.methods:

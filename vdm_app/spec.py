@@ -160,9 +160,10 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                   "model sees through its VAE are also held as in consistency; every job), "
                   "reconstruction (guidance only), replacement (no guidance; extend and interpolate only), posterior "
                   "(as both, but the model's own Jacobian says how the known frames pull the rest: exact on Gaussian "
-                  "test data where both over- or undershoots; each step one backward pass through the model per iteration; no weight) or consistency "
-                  "(each step's prediction moved to the nearest clip that agrees with the input, through the VAE for "
-                  "latent models; never differentiates the model, so it fits the largest models; no weight).",
+                  "test data where both over- or undershoots; one backward pass through the model per iteration and "
+                  "step; no weight) or consistency (each step's prediction moved to the nearest clip that agrees "
+                  "with the input, through the VAE for latent models; never differentiates the model, so it fits the "
+                  "largest models; no weight).",
                   default=settings.AUTO_METHOD, options=settings.CHOICES, flag="--method"),
             _int("seed", 0, 0, 0xFFFFFFFFFFFFFFFF, "Noise seed; the same seed gives the same clip on any device.",
                  seed=True, flag="--seed"),

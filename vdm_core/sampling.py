@@ -243,8 +243,8 @@ def sample(model, noise: Tensor, angles, settings: SamplerSettings = SamplerSett
     (from noise alone, as ComfyUI's KSampler starts, an extension's far frames undershoot the conditional mean
     by 0.054 on the Gaussian oracle; tests/test_comfy_model.py). ``settings`` gives η, the method and ``w_r``
     (resolved: ``SamplerSettings.for_job``; a method still auto is ``both`` here, where the job's model is not
-    known; its ``steps`` and ``seed`` are the caller's, who made ``angles`` and ``generator`` from them). ``generator`` drives every random
-    draw (η-noise, replacement noise)."""
+    known; its ``steps`` and ``seed`` are the caller's, who made ``angles`` and ``generator`` from them).
+    ``generator`` drives every random draw (η-noise, replacement noise)."""
     phis = [float(p) for p in angles]
     weight, method = 0.0, "both" if settings.method == AUTO_METHOD else settings.method
     if observation is not None:

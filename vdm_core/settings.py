@@ -63,9 +63,9 @@ def whole(name: str, value, minimum: int, hint: str = "") -> int:
 class SamplerSettings:
     """``steps`` DDIM steps per window; ``eta`` fresh noise per step (0: deterministic DDIM, 1: ancestral);
     ``guidance_weight`` ``w_r`` of reconstruction guidance (≥ 0; None: auto, :func:`auto_guidance_weight`);
-    ``method`` one of :data:`CHOICES` (auto: :data:`AUTO_METHOD`); ``seed`` of all noise (window ``i`` draws from ``seed + i``);
-    ``iterations`` of methods ``posterior`` and ``consistency``, and of ``both``'s data consistency through a
-    decoder (≥ 1)."""
+    ``method`` one of :data:`CHOICES` (auto: :data:`AUTO_METHOD`); ``seed`` of all noise (window ``i`` draws from
+    ``seed + i``); ``iterations`` of methods ``posterior`` and ``consistency``, and of ``both``'s data consistency
+    through a decoder (≥ 1)."""
 
     steps: int = DEFAULT_STEPS
     eta: float = 0.0
