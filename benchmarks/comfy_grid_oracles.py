@@ -68,8 +68,8 @@ def main(argv=None) -> None:
              oracle.CorrelatedGaussian(16, args.rho, args.std))
     x = prior.draw(args.clips, 24, 24, seed=22)
     print(f"Command: `python benchmarks/comfy_grid_oracles.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
-          f"\n\nρ {args.rho}, std {args.std}, spatial length {args.length:g}, {args.clips} clips × 24² series of 16 frames, "
-          f"auto weight.\n")
+          f"\n\nρ {args.rho}, std {args.std}, spatial length {args.length:g}, {args.clips} clips × 24² series of 16 "
+          f"frames, auto weight.\n")
     print("| job | kind | steps | last σ's angle | method | worst slope error | variance ratio | exact on this grid |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- |")
     stubs = comfy_stubs.modules(tempfile.mkdtemp(prefix="vdm_grid_"))
