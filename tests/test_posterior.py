@@ -8,7 +8,8 @@ import torch
 
 from vdm_core import tasks, unet3d
 from vdm_core.guidance import Observation, area_downsample, combine, downsample, select_frames
-from vdm_core.posterior import consistent, consistent_update, linearized, posterior, posterior_update
+from vdm_core.posterior import (consistent, consistent_update, linearized, posterior, posterior_update,
+                                 products_per_step)
 from vdm_core.sampling import conditioned, ddim, predict_x, sample
 from vdm_core.settings import DEFAULT_ITERATIONS, SamplerSettings, auto_guidance_weight
 from vdm_core.schedule import sampling_angles
@@ -267,7 +268,8 @@ def test_a_jacobian_that_is_not_positive_definite_never_gives_nan(kind):
 
 
 def test_default_costs_at_most_4_vjps_per_step():
-    """Each sampling step is one forward pass with its graph and DEFAULT_ITERATIONS backward passes."""
+    """Each sampling step is one forward pass with its graph, and the steps take DEFAULT_ITERATIONS backward passes
+    each on average (``products_per_step``)."""
     base = CorrelatedGaussian(16, 0.9, 0.25)
     forwards, backwards = [], []
 
@@ -283,6 +285,20 @@ def test_default_costs_at_most_4_vjps_per_step():
            observation=obs, generator=_gen(15))
     assert DEFAULT_ITERATIONS <= 4
     assert len(forwards) == 5 and len(backwards) == 5 * DEFAULT_ITERATIONS
+
+
+def test_products_go_where_the_solve_needs_them_within_the_same_budget():
+    """``products_per_step``: ``iterations × steps`` products in all; half at the steps where α < 0.12 (angle above
+    1.45) and near the data end (angle 0.3 or less), the rest shared by the steps between (the noisiest one more);
+    one iteration stays one everywhere; a grid with no step between, or an angle off the grid, gets
+    ``iterations``."""
+    angles = [1.55, 1.5, 1.2, 0.9, 0.6, 0.35, 0.2, 0.1, 0.05]  # 8 evaluated, the last angle is not
+    count = products_per_step(angles, 4)
+    assert [count(a) for a in angles[:-1]] == [2, 2, 6, 6, 6, 6, 2, 2]
+    assert [products_per_step([1.55, 1.2, 0.9, 0.6, 0.2, 0.1], 4)(a) for a in (1.55, 1.2, 0.9, 0.6, 0.2)] == [
+        2, 6, 5, 5, 2]
+    assert [products_per_step(angles, 1)(a) for a in angles[:-1]] == [1] * 8
+    assert count(0.7) == 4 and products_per_step([1.57, 1.5, 0.2, 0.1], 4)(1.5) == 4
 
 
 def test_iterations_must_be_a_positive_integer():

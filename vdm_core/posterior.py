@@ -33,6 +33,33 @@ from .guidance import Observation
 
 FD_STEP = 1e-2
 """Relative step of the central difference that gives ``J_A v`` (:func:`linearized`)."""
+SETTLED_ANGLE = 0.3
+"""At or below this angle (``α²/σ²`` above 10) posterior's solve gets half the products (:func:`products_per_step`)."""
+FAINT_ANGLE = 1.45
+"""Above this angle (``α`` below 0.12) posterior's solve gets half the products (:func:`products_per_step`)."""
+
+
+def products_per_step(angles, iterations: int) -> Callable[[float], int]:
+    """The products (VJPs) of posterior's solve at each angle a grid evaluates (``angles[:-1]``, as
+    ``sampling.ddim`` steps), ``iterations`` per step on average: steps above :data:`FAINT_ANGLE` or at or below
+    :data:`SETTLED_ANGLE` get half (at least 1), the steps between share the rest evenly (the noisiest one more
+    where it does not divide). A DDIM step carries ``x̃`` into ``z`` with the weight ``sin(φ_t − φ_s)/sin φ_t``,
+    small where ``α`` is (near pure noise), and near the data end ``J ≈ I/α`` makes ``M = A J Aᵀ`` nearly a
+    multiple of the identity, solved in a few products; between them ``J`` has the data's spread spectrum and CG
+    needs many. On a spatially smooth Gaussian oracle (``oracle.SeparableGaussian``, length 2) on Wan's grid, 4
+    products at every step leave the extension 0.28 of the conditional std from the converged solve, spread so
+    0.17 at the same cost (docs/benchmarks.md, "Posterior's products where they are needed"). Angles off the
+    grid get ``iterations``."""
+    _check(iterations)
+    evaluated = sorted({float(a) for a in list(angles)[:-1]}, reverse=True)
+    middle = [a for a in evaluated if SETTLED_ANGLE < a <= FAINT_ANGLE]
+    if not middle or len(middle) == len(evaluated):
+        return lambda phi: iterations
+    half = max(1, iterations // 2)
+    base, extra = divmod(iterations * len(evaluated) - half * (len(evaluated) - len(middle)), len(middle))
+    counts = {a: half for a in evaluated}
+    counts.update({a: base + (i < extra) for i, a in enumerate(middle)})
+    return lambda phi: counts.get(float(phi), iterations)
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -229,12 +256,19 @@ def _check(iterations) -> None:
 
 
 def posterior(denoiser: Callable[[Tensor, float], Tensor], observation: Observation,
-              iterations: int) -> Callable[[Tensor, float], Tensor]:
+              iterations: int | Callable[[float], int]) -> Callable[[Tensor, float], Tensor]:
     """Posterior guidance of ``denoiser`` (``D(z, φ) → x̂``, float32 ``[B, C, F, H, W]``) by ``observation``:
     ``x̃ = x̂ + J Aᵀ (A J Aᵀ)⁻¹ (y − A(x̂))``, ``J = ∂x̂/∂z`` (module docstring), the inverse by ``iterations``
-    conjugate-gradient steps (≥ 1), each one VJP through the denoiser on a fresh leaf (the graph never spans steps). Works under
-    ``torch.inference_mode()`` when the model's weights were made outside it (as ``sampling.guided``)."""
-    _check(iterations)
+    conjugate-gradient steps (≥ 1; or ``iterations(φ)`` at angle φ, :func:`products_per_step`), each one VJP
+    through the denoiser on a fresh leaf (the graph never spans steps). Works under ``torch.inference_mode()``
+    when the model's weights were made outside it (as ``sampling.guided``)."""
+    if callable(iterations):
+        count = iterations
+    else:
+        _check(iterations)
+
+        def count(phi: float) -> int:
+            return iterations
 
     def denoise(z: Tensor, phi: float) -> Tensor:
         with torch.inference_mode(False), torch.enable_grad():
@@ -255,7 +289,7 @@ def posterior(denoiser: Callable[[Tensor, float], Tensor], observation: Observat
                     _reraise(e)
                 return g
 
-            out, _ = posterior_update(x.detach(), jacobian_product, observation.operator, y, iterations)
+            out, _ = posterior_update(x.detach(), jacobian_product, observation.operator, y, count(phi))
         return out.detach()
 
     return denoise

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .guidance import Observation, check_observation
-from .posterior import consistent, posterior
+from .posterior import consistent, posterior, products_per_step
 from .schedule import PHI_MAX, eps_from_x, x_from_v
 from .settings import AUTO_METHOD, DEFAULT_ITERATIONS, METHODS, SamplerSettings
 
@@ -177,7 +177,8 @@ def projected(denoiser: Denoiser, observation: Observation, below: float) -> Den
 
 def conditioned(model, observation: Observation | None = None, *, method: str = "both",
                 guidance_weight: float = 0.0, clip: bool = True, generator: torch.Generator | None = None,
-                final_angle: float | None = None, iterations: int = DEFAULT_ITERATIONS) -> Denoiser:
+                final_angle: float | None = None, iterations: int | Callable[[float], int] = DEFAULT_ITERATIONS
+                ) -> Denoiser:
     """The denoiser of v-model ``model`` conditioned on ``observation`` by ``method``:
 
     * ``"reconstruction"``: ``guided`` with the full ``∇_{z_t}``; observed frames are the model's own
@@ -195,7 +196,9 @@ def conditioned(model, observation: Observation | None = None, *, method: str = 
       then beats its baseline on the v1 set).
     * ``"posterior"``: as ``both`` with ``posterior.posterior`` in place of ``guided``: ``x̃ = x̂ + J Aᵀ (A J Aᵀ)⁻¹
       (y − A(x̂))``, ``J = ∂x̂/∂z_t`` (Tweedie's posterior covariance up to ``σ²/α``; Boys et al. 2023), by
-      ``iterations`` conjugate-gradient steps of one backward pass each. ``guidance_weight`` is not used.
+      ``iterations`` conjugate-gradient steps of one backward pass each (per step, or ``iterations(φ)``:
+      :func:`sample` spreads them over its grid by ``posterior.products_per_step``). ``guidance_weight`` is not
+      used.
     * ``"consistency"``: as ``both`` with ``posterior.consistent`` in place of ``guided``: ``x̃`` ← the clip
       nearest ``x̂`` that agrees with ``y`` (``iterations`` conjugate-gradient steps through ``A`` only; no backward through the
       model). ``guidance_weight`` is not used.
@@ -252,7 +255,8 @@ def sample(model, noise: Tensor, angles, settings: SamplerSettings = SamplerSett
         weight = settings.weight if method in ("reconstruction", "both") else 0.0
     den = conditioned(model, observation, method=method, guidance_weight=weight, clip=clip,
                       generator=generator, final_angle=phis[-2] if len(phis) > 1 else None,
-                      iterations=settings.iterations)
+                      iterations=products_per_step(phis, settings.iterations) if method == "posterior" else
+                      settings.iterations)
     z = math.sin(phis[0]) * noise.float()
     if phis[0] < PHI_MAX - 1e-6:  # short of pure noise (beyond float32 rounding): the signal the model expects
         z = z + math.cos(phis[0]) * den(z, phis[0])
