@@ -238,10 +238,11 @@ def test_sample_with_posterior_and_consistency_and_without_iterations(comfy, mon
     _, nodes, _, _ = comfy
     seen = []
     for module in [m for n, m in sys.modules.items() if n.endswith("vdm_core.sampling")]:  # the pack's own copy too
-        for name in ("posterior", "consistent"):
-            real = getattr(module, name)
-            monkeypatch.setattr(module, name, lambda den, obs, it, real=real, name=name: seen.append((name, it)) or
-                                real(den, obs, it))
+        spread, consistent = module.products_per_step, module.consistent  # posterior's: spread over the grid
+        monkeypatch.setattr(module, "products_per_step", lambda phis, it, real=spread:
+                            seen.append(("posterior", it)) or real(phis, it))
+        monkeypatch.setattr(module, "consistent", lambda den, obs, it, real=consistent:
+                            seen.append(("consistent", it)) or real(den, obs, it))
     (model,) = run(nodes["VDM_LoadModel"], model_name="tiny.safetensors", dtype="fp32")
     images, fps = run(nodes["VDM_SpriteClip"], seed=5, size=8, length=3, fps=10.0)
     (job,) = run(nodes["VDM_ExtendClip"], new_frames=2, context=0, window=0, tile=0, frames=images, fps=fps)

@@ -169,9 +169,10 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                  seed=True, flag="--seed"),
             _int("iterations", settings.DEFAULT_ITERATIONS, 1, 32, "Methods posterior and consistency, and both "
                  "through a VAE: solver iterations per step. Posterior: each is one backward pass through the model "
-                 f"(time grows with it); {settings.DEFAULT_ITERATIONS} is exact on Gaussian test data. Consistency "
-                 "(and both through a VAE): passes through the VAE decoder only. Optional, so API prompts saved "
-                 "before it existed still run.", flag="--iterations", optional=True),
+                 "(time grows with it), per step on average: more at middle noise, where the solve needs them, fewer "
+                 f"near pure noise and near the end; {settings.DEFAULT_ITERATIONS} is exact on Gaussian test data. "
+                 "Consistency (and both through a VAE): passes through the VAE decoder only. Optional, so API "
+                 "prompts saved before it existed still run.", flag="--iterations", optional=True),
             Input("job", "VDM_JOB", "What to make: the output of Extend Clip, Interpolate Frames or Upscale Video. "
                   "Unconnected: a new clip of length × width × height.", optional=True),
         ),

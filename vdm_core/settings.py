@@ -23,8 +23,9 @@ CHOICES = (AUTO_METHOD, *METHODS)
 """What the front ends offer for ``method``."""
 DEFAULT_ITERATIONS = 4
 """Solver iterations per step of methods ``posterior`` (conjugate gradients, conjugate residuals where a CG step
-fails; each one backward pass through the model) and ``consistency`` (conjugate residuals, each one through the
-observation only): ``vdm_core.posterior``."""
+fails; each one backward pass through the model; per step on average, spread over the grid by
+``posterior.products_per_step``) and ``consistency`` (conjugate residuals, each one through the observation only):
+``vdm_core.posterior``."""
 DEFAULT_STEPS = 32
 """Steps per window of every front end and of the library's job functions."""
 AUTO_WEIGHT_EXACT = 16.0
