@@ -239,8 +239,8 @@ def test_sample_with_posterior_and_consistency_and_without_iterations(comfy, mon
     seen = []
     for module in [m for n, m in sys.modules.items() if n.endswith("vdm_core.sampling")]:  # the pack's own copy too
         spread, consistent = module.products_per_step, module.consistent  # posterior's: spread over the grid
-        monkeypatch.setattr(module, "products_per_step", lambda phis, it, real=spread:
-                            seen.append(("posterior", it)) or real(phis, it))
+        monkeypatch.setattr(module, "products_per_step", lambda phis, it, settles, real=spread:
+                            seen.append(("posterior", it)) or real(phis, it, settles))
         monkeypatch.setattr(module, "consistent", lambda den, obs, it, real=consistent:
                             seen.append(("consistent", it)) or real(den, obs, it))
     (model,) = run(nodes["VDM_LoadModel"], model_name="tiny.safetensors", dtype="fp32")

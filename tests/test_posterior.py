@@ -289,16 +289,19 @@ def test_default_costs_at_most_4_vjps_per_step():
 
 def test_products_go_where_the_solve_needs_them_within_the_same_budget():
     """``products_per_step``: ``iterations × steps`` products in all; half at the steps where α < 0.12 (angle above
-    1.45) and near the data end (angle 0.3 or less), the rest shared by the steps between (the noisiest one more);
-    one iteration stays one everywhere; a grid with no step between, or an angle off the grid, gets
-    ``iterations``."""
+    1.45), three quarters near the data end (angle 0.3 or less) for an observation whose solve settles there (a
+    closed-form projection); the rest shared by the steps between (the noisiest one more). One iteration stays one
+    everywhere; a grid with no step between, or an angle off the grid, gets ``iterations``."""
     angles = [1.55, 1.5, 1.2, 0.9, 0.6, 0.35, 0.2, 0.1, 0.05]  # 8 evaluated, the last angle is not
     count = products_per_step(angles, 4)
-    assert [count(a) for a in angles[:-1]] == [2, 2, 6, 6, 6, 6, 2, 2]
+    assert [count(a) for a in angles[:-1]] == [2, 2, 6, 6, 5, 5, 3, 3]
     assert [products_per_step([1.55, 1.2, 0.9, 0.6, 0.2, 0.1], 4)(a) for a in (1.55, 1.2, 0.9, 0.6, 0.2)] == [
-        2, 6, 5, 5, 2]
+        2, 5, 5, 5, 3]
+    assert [products_per_step([1.55, 1.2, 0.9, 0.2, 0.1], 4)(a) for a in (1.55, 1.2, 0.9, 0.2)] == [2, 6, 5, 3]
     assert [products_per_step(angles, 1)(a) for a in angles[:-1]] == [1] * 8
     assert count(0.7) == 4 and products_per_step([1.57, 1.5, 0.2, 0.1], 4)(1.5) == 4
+    through_a_decoder = products_per_step(angles, 4, settles=False)  # the steps near the data end share the rest
+    assert [through_a_decoder(a) for a in angles[:-1]] == [2, 2, 5, 5, 5, 5, 4, 4]
 
 
 def test_iterations_must_be_a_positive_integer():

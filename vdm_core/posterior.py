@@ -34,30 +34,35 @@ from .guidance import Observation
 FD_STEP = 1e-2
 """Relative step of the central difference that gives ``J_A v`` (:func:`linearized`)."""
 SETTLED_ANGLE = 0.3
-"""At or below this angle (``α²/σ²`` above 10) posterior's solve gets half the products (:func:`products_per_step`)."""
+"""At or below this angle (``α²/σ²`` above 10) posterior's solve settles in a few products for an observation with
+a closed-form projection: :func:`products_per_step` gives it three quarters of the products there."""
 FAINT_ANGLE = 1.45
-"""Above this angle (``α`` below 0.12) posterior's solve gets half the products (:func:`products_per_step`)."""
+"""Above this angle (``α`` below 0.12) :func:`products_per_step` gives posterior's solve half the products."""
 
 
-def products_per_step(angles, iterations: int) -> Callable[[float], int]:
+def products_per_step(angles, iterations: int, settles: bool = True) -> Callable[[float], int]:
     """The products (VJPs) of posterior's solve at each angle a grid evaluates (``angles[:-1]``, as
-    ``sampling.ddim`` steps), ``iterations`` per step on average: steps above :data:`FAINT_ANGLE` or at or below
-    :data:`SETTLED_ANGLE` get half (at least 1), the steps between share the rest evenly (the noisiest one more
-    where it does not divide). A DDIM step carries ``x̃`` into ``z`` with the weight ``sin(φ_t − φ_s)/sin φ_t``,
-    small where ``α`` is (near pure noise), and near the data end ``J ≈ I/α`` makes ``M = A J Aᵀ`` nearly a
-    multiple of the identity, solved in a few products; between them ``J`` has the data's spread spectrum and CG
-    needs many. On a spatially smooth Gaussian oracle (``oracle.SeparableGaussian``, length 2) on Wan's grid, 4
-    products at every step leave the extension 0.28 of the conditional std from the converged solve, spread so
-    0.17 at the same cost (docs/benchmarks.md, "Posterior's products where they are needed"). Angles off the
-    grid get ``iterations``."""
+    ``sampling.ddim`` steps), ``iterations`` per step on average: steps above :data:`FAINT_ANGLE` get half (at least
+    1), those at or below :data:`SETTLED_ANGLE` three quarters (rounded up) where the solve ``settles`` there; the
+    steps between share the rest evenly (the noisiest one more where it does not divide). A DDIM step carries ``x̃``
+    into ``z`` with the weight ``sin(φ_t − φ_s)/sin φ_t``, small where ``α`` is (near pure noise); near the data end
+    ``J ≈ I/α``, so ``M = A J Aᵀ ≈ A Aᵀ/α`` is nearly a multiple of the identity for a frame selection or an area
+    average (not through a decoder: ``settles`` False); between them ``J`` has the data's spread spectrum and CG
+    needs many products. On a spatially smooth Gaussian oracle (``oracle.SeparableGaussian``, length 2) on Wan's grid, 4
+    products at every step miss the extension's conditional mean by 0.068, spread so by 0.020 at the same cost
+    (converged: 0.023; docs/benchmarks.md, "Posterior's products where they are needed"); half near the data end
+    cost the new frames' spread up to 0.03 on independent pixels. Angles off the grid get ``iterations``."""
     _check(iterations)
     evaluated = sorted({float(a) for a in list(angles)[:-1]}, reverse=True)
-    middle = [a for a in evaluated if SETTLED_ANGLE < a <= FAINT_ANGLE]
+    low = SETTLED_ANGLE if settles else 0.0
+    middle = [a for a in evaluated if low < a <= FAINT_ANGLE]
     if not middle or len(middle) == len(evaluated):
         return lambda phi: iterations
-    half = max(1, iterations // 2)
-    base, extra = divmod(iterations * len(evaluated) - half * (len(evaluated) - len(middle)), len(middle))
-    counts = {a: half for a in evaluated}
+    faint = {a: max(1, iterations // 2) for a in evaluated if a > FAINT_ANGLE}
+    settled = {a: iterations - iterations // 4 for a in evaluated if a <= low}
+    budget = iterations * len(evaluated) - sum(faint.values()) - sum(settled.values())
+    base, extra = divmod(budget, len(middle))
+    counts = {**faint, **settled}
     counts.update({a: base + (i < extra) for i, a in enumerate(middle)})
     return lambda phi: counts.get(float(phi), iterations)
 

@@ -250,13 +250,15 @@ def sample(model, noise: Tensor, angles, settings: SamplerSettings = SamplerSett
     ``generator`` drives every random draw (η-noise, replacement noise)."""
     phis = [float(p) for p in angles]
     weight, method = 0.0, "both" if settings.method == AUTO_METHOD else settings.method
+    iterations = settings.iterations
     if observation is not None:
         check_observation(observation, noise)
         weight = settings.weight if method in ("reconstruction", "both") else 0.0
+        if method == "posterior":  # a closed-form A (frame selection, area average) settles near the data end
+            settles = observation.project is not None or observation.frame_indices is not None
+            iterations = products_per_step(phis, iterations, settles)
     den = conditioned(model, observation, method=method, guidance_weight=weight, clip=clip,
-                      generator=generator, final_angle=phis[-2] if len(phis) > 1 else None,
-                      iterations=products_per_step(phis, settings.iterations) if method == "posterior" else
-                      settings.iterations)
+                      generator=generator, final_angle=phis[-2] if len(phis) > 1 else None, iterations=iterations)
     z = math.sin(phis[0]) * noise.float()
     if phis[0] < PHI_MAX - 1e-6:  # short of pure noise (beyond float32 rounding): the signal the model expects
         z = z + math.cos(phis[0]) * den(z, phis[0])
