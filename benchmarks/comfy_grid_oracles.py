@@ -101,7 +101,8 @@ def main(argv=None) -> None:
         if args.drift:
             print(f"\n| kind | method | contrast per window ({DEFAULT_STEPS} steps, 8 windows) |\n| --- | --- | --- |")
             side = 24 if args.length else 16  # a SeparableGaussian's clips are its own size
-            clips = [prior.draw(1, side, side, seed=5 + i)[0, :, :8] for i in range(args.drift_clips)]
+            clips = [prior.draw(1, side, side, seed=5 + i)[0, :, :8].clamp(-1, 1)  # a clip lies in [-1, 1]; 4 std
+                     for i in range(args.drift_clips)]
             for kind in args.kinds:
                 model = oracle.hosted(prior, *comfy_model.sampling_functions(cms.KINDS[kind]()))
                 for method in args.methods:
