@@ -150,17 +150,22 @@ def test_posterior_interpolates_and_upscales_on_wans_grid(job, pack):
     unknown frames' slope on the exact conditional mean within 0.05 (measured 0.011 / 0.000) and their spread
     within 0.8–1.25 of the exact conditional's (0.84–0.88 / 0.81–0.86; on the host's grid 0.16–0.33 / 0.57–0.65,
     benchmarks/comfy_grid_oracles.py --jobs interpolate upscale2)."""
-    prior = oracle.CorrelatedGaussian(16, 0.9, 0.25)
-    model = oracle_model(pack, prior, "flow_shift8")
-    x = prior.draw(16, 24, 24, seed=22)
-    obs, unknown, mean, var = oracle.job(job, prior, x)
     settings = SamplerSettings(method="posterior").for_job(factor=2 if job == "upscale2" else 1)
-    angles = capabilities(model).angles(DEFAULT_STEPS, "posterior")
-    out = sampling.sample(model, torch.randn(x.shape, generator=torch.Generator().manual_seed(20)), angles, settings,
-                          observation=obs, clip=False, generator=torch.Generator().manual_seed(21))
-    slopes, ratios = oracle.frame_fit(out[:, :, unknown], mean, var)
+    slopes, ratios = fit_on_wans_grid(pack, oracle.CorrelatedGaussian(16, 0.9, 0.25), job, settings, clips=16)
     assert max(abs(s - 1) for s in slopes) <= 0.05, slopes
     assert 0.8 <= min(ratios) and max(ratios) <= 1.25, ratios
+
+
+def fit_on_wans_grid(pack, prior, job, settings, clips):
+    """(slopes, variance ratios) of ``job``'s unknown frames (``oracle.job``) on ``clips`` clips of 24² of ``prior``,
+    sampled with ``settings`` (resolved) through a model on Wan's shift-8 grid at the nodes' default steps."""
+    model = oracle_model(pack, prior, "flow_shift8")
+    x = prior.draw(clips, 24, 24, seed=22)
+    obs, unknown, mean, var = oracle.job(job, prior, x)
+    angles = capabilities(model).angles(DEFAULT_STEPS, settings.method)
+    out = sampling.sample(model, torch.randn(x.shape, generator=torch.Generator().manual_seed(20)), angles, settings,
+                          observation=obs, clip=False, generator=torch.Generator().manual_seed(21))
+    return oracle.frame_fit(out[:, :, unknown], mean, var)
 
 
 def test_posterior_extends_smooth_fields_on_wans_grid(pack):
@@ -170,15 +175,9 @@ def test_posterior_extends_smooth_fields_on_wans_grid(pack):
     frames' worst slope on the exact conditional mean within 0.05 (measured 0.020; with 4 products at every step
     0.068, 'both' 0.18: benchmarks/comfy_grid_oracles.py --length 2). The solve's products go where its error
     matters (``posterior.products_per_step``)."""
-    prior = oracle.SeparableGaussian(16, 0.9, 0.25, 24, 2.0)
-    model = oracle_model(pack, prior, "flow_shift8")
-    x = prior.draw(64, 24, 24, seed=22)
-    obs, unknown, mean, var = oracle.job("extend", prior, x)
     settings = SamplerSettings().for_job(extend=True, hosted=True)
-    angles = capabilities(model).angles(DEFAULT_STEPS, settings.method)
-    out = sampling.sample(model, torch.randn(x.shape, generator=torch.Generator().manual_seed(20)), angles, settings,
-                          observation=obs, clip=False, generator=torch.Generator().manual_seed(21))
-    slopes, ratios = oracle.frame_fit(out[:, :, unknown], mean, var)
+    slopes, ratios = fit_on_wans_grid(pack, oracle.SeparableGaussian(16, 0.9, 0.25, 24, 2.0), "extend", settings,
+                                      clips=64)
     assert max(abs(s - 1) for s in slopes) <= 0.05, slopes
     assert 0.8 <= min(ratios) and max(ratios) <= 1.25, ratios
 

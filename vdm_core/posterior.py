@@ -48,10 +48,10 @@ def products_per_step(angles, iterations: int, settles: bool = True) -> Callable
     into ``z`` with the weight ``sin(φ_t − φ_s)/sin φ_t``, small where ``α`` is (near pure noise); near the data end
     ``J ≈ I/α``, so ``M = A J Aᵀ ≈ A Aᵀ/α`` is nearly a multiple of the identity for a frame selection or an area
     average (not through a decoder: ``settles`` False); between them ``J`` has the data's spread spectrum and CG
-    needs many products. On a spatially smooth Gaussian oracle (``oracle.SeparableGaussian``, length 2) on Wan's grid, 4
-    products at every step miss the extension's conditional mean by 0.068, spread so by 0.020 at the same cost
-    (converged: 0.023; docs/benchmarks.md, "Posterior's products where they are needed"); half near the data end
-    cost the new frames' spread up to 0.03 on independent pixels. Angles off the grid get ``iterations``."""
+    needs many products. On a spatially smooth Gaussian oracle (``oracle.SeparableGaussian``, length 2) on Wan's
+    grid, 4 products at every step miss the extension's conditional mean by 0.068, spread so by 0.020 at the same
+    cost (converged: 0.023; docs/benchmarks.md, "Posterior's products where they are needed"); half near the data
+    end cost the new frames' spread up to 0.03 on independent pixels. Angles off the grid get ``iterations``."""
     _check(iterations)
     evaluated = sorted({float(a) for a in list(angles)[:-1]}, reverse=True)
     low = SETTLED_ANGLE if settles else 0.0
