@@ -26,7 +26,6 @@ Methods: ``both`` at each ``--weights`` w_r, ``posterior`` at each ``--iteration
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -34,9 +33,8 @@ from pathlib import Path
 import torch
 
 from vdm_core import sampling, tasks
-from vdm_core.settings import DEFAULT_ITERATIONS
+from vdm_core.settings import DEFAULT_ITERATIONS, SamplerSettings
 from vdm_core.contract import capabilities
-from vdm_core.posterior import products_per_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from oracle import CorrelatedGaussian, SeparableGaussian, frame_fit, job  # noqa: E402  (tests/ is not a package)
@@ -45,11 +43,8 @@ from oracle import CorrelatedGaussian, SeparableGaussian, frame_fit, job  # noqa
 def run(model, x, obs, method, steps, seed, **kw):
     phis = capabilities(model).angles(steps, method)  # the grid tasks sample this method on
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
-    if method == "posterior":  # spread over the grid as sampling.sample does
-        kw["iterations"] = products_per_step(phis, kw.get("iterations", DEFAULT_ITERATIONS))
-    den = sampling.conditioned(model, obs, method=method, clip=False, generator=torch.Generator().manual_seed(seed + 1),
-                               final_angle=phis[-2], **kw)
-    return sampling.ddim(den, math.sin(phis[0]) * noise, phis)
+    return sampling.sample(model, noise, phis, SamplerSettings(method=method, **kw), observation=obs, clip=False,
+                           generator=torch.Generator().manual_seed(seed + 1))  # the replacement noise
 
 
 def main(argv=None):

@@ -48,7 +48,7 @@ def run(model, job: Job, settings: SamplerSettings = SamplerSettings(), *, callb
         out[:, ::k] = clip
     low = clip if s > 1 else None
     return sample_plan(model, caps, p, out, lambda win: observation_of(win, out, low, k, s, device),
-                       settings.for_job(s, bool(job.new_frames), caps.run is not None), progress=callback,
+                       settings.for_job(s, bool(job.new_frames), hosted=caps.run is not None), progress=callback,
                        device=device)
 
 
