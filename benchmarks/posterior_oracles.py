@@ -89,7 +89,7 @@ def main(argv=None):
     if "drift" in args.jobs:
         print("| drift (tasks.extend, 8 windows) | contrast per window | lag-1 correlation |\n| --- | --- | --- |")
         clip = model.draw(1, args.size, args.size, seed=5)[0, :, :8].clamp(-1, 1)
-        runs = [(f"both, w_r {w:g}", dict(guidance_weight=w)) for w in args.weights]
+        runs = [(f"both, w_r {w:g}", dict(method="both", guidance_weight=w)) for w in args.weights]
         runs += [("both (auto)", dict(method="both"))]
         runs += [(f"posterior, {k} it.", dict(method="posterior", iterations=k)) for k in args.iterations]
         runs += [("consistency", dict(method="consistency"))]

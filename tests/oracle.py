@@ -53,7 +53,8 @@ class SeparableGaussian(CorrelatedGaussian):
     def __init__(self, frames, rho, std, size, length):
         super().__init__(frames, rho, std)
         k = self.kernel(size, length)
-        lam = torch.fft.fft(k).real / k[0]  # one axis's eigenvalues, unit variance
+        lam = (torch.fft.fft(k).real / k[0]).clamp(min=0)  # one axis's eigenvalues, unit variance (from ℓ ≈ 3 on
+        # 32 pixels the smallest are below rounding, some of them negative)
         self.lam_s = (lam[:, None] * lam[None, :]).float()
 
     @staticmethod

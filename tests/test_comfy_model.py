@@ -175,7 +175,7 @@ def test_posterior_extends_smooth_fields_on_wans_grid(pack):
     frames' worst slope on the exact conditional mean within 0.05 (measured 0.020; with 4 products at every step
     0.068, 'both' 0.18: benchmarks/comfy_grid_oracles.py --length 2). The solve's products go where its error
     matters (``posterior.products_per_step``)."""
-    settings = SamplerSettings().for_job(extend=True, hosted=True)
+    settings = SamplerSettings().for_job(extend=True)
     slopes, ratios = fit_on_wans_grid(pack, oracle.SeparableGaussian(16, 0.9, 0.25, 24, 2.0), "extend", settings,
                                       clips=64)
     assert max(abs(s - 1) for s in slopes) <= 0.05, slopes
@@ -184,8 +184,7 @@ def test_posterior_extends_smooth_fields_on_wans_grid(pack):
 
 def test_the_default_method_holds_the_contrast_of_a_long_extension_on_wans_grid(pack):
     """A clip of a slowly changing stationary prior (AR(1), ρ 0.97, std 0.25) extended by 8 windows (16 frames, 8
-    known) through a model on Wan's shift-8 grid at the nodes' defaults (method auto, which is posterior on a
-    hosted model): every window's new frames keep 0.9–1.1 of the prior's contrast (measured 0.92–0.95; 'both' at
+    known) through a model on Wan's shift-8 grid at the nodes' defaults (method auto: posterior): every window's new frames keep 0.9–1.1 of the prior's contrast (measured 0.92–0.95; 'both' at
     auto climbs to 1.49 there, benchmarks/comfy_grid_oracles.py --drift)."""
     prior = oracle.CorrelatedGaussian(16, 0.97, 0.25)
     model = oracle_model(pack, prior, "flow_shift8")
@@ -342,7 +341,7 @@ def test_an_in_place_model_is_functionalized_and_the_window_sampled_again(pack):
         torch.autograd.grad(plain(xx, torch.tensor([0.5])).sum(), xx)
     assert not session.functionalize
     with torch.inference_mode():
-        x = net.run(lambda: sampling.sample(net, noise, angles, SamplerSettings(guidance_weight=1.0), observation=obs,
+        x = net.run(lambda: sampling.sample(net, noise, angles, SamplerSettings(method="both", guidance_weight=1.0), observation=obs,
                                             clip=False), SHAPE, angles)
     assert session.functionalize and torch.isfinite(x).all()
     assert "forward" not in patcher.model.diffusion_model.__dict__  # unwrapped afterwards

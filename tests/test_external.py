@@ -72,7 +72,7 @@ def test_guidance_through_its_own_schedule_reaches_the_conditional_mean(kind, as
     def own_grid(z, phi):
         p = float(phi[0])
         return (math.cos(p) * z - prior.mean(z, p)) / math.sin(p)
-    out = sampling.sample(own_grid, noise, sampling_angles(20), SamplerSettings(guidance_weight=8.0),
+    out = sampling.sample(own_grid, noise, sampling_angles(20), SamplerSettings(method="both", guidance_weight=8.0),
                           observation=obs, clip=False, generator=_gen(3))
     pack = regression_error(out, x[:, :, known], unknown, known, prior.cov)
     assert err["replacement"] > 0.6, err

@@ -144,22 +144,22 @@ def test_sample_rejects_observations_that_do_not_fit():
     noise = torch.randn(2, 1, 4, 4, 4)
     with pytest.raises(ValueError, match="5 frames"):
         sample(model, noise, sampling_angles(2), observation=select_frames(torch.zeros(2, 1, 1, 4, 4), [0], 5),
-               settings=SamplerSettings(guidance_weight=16.0))
+               settings=SamplerSettings(method="both", guidance_weight=16.0))
     with pytest.raises(ValueError, match="batch 3"):
         sample(model, noise, sampling_angles(2), observation=select_frames(torch.zeros(3, 1, 1, 4, 4), [0], 4),
-               settings=SamplerSettings(guidance_weight=16.0))
+               settings=SamplerSettings(method="both", guidance_weight=16.0))
     with pytest.raises(ValueError, match="does not match y"):
         sample(model, noise, sampling_angles(2), observation=select_frames(torch.zeros(2, 1, 1, 2, 2), [0], 4),
-               settings=SamplerSettings(guidance_weight=16.0))
+               settings=SamplerSettings(method="both", guidance_weight=16.0))
     with pytest.raises(ValueError, match="divisible"):
-        sample(model, torch.randn(2, 1, 4, 6, 6), sampling_angles(2), SamplerSettings(guidance_weight=16.0),
+        sample(model, torch.randn(2, 1, 4, 6, 6), sampling_angles(2), SamplerSettings(method="both", guidance_weight=16.0),
                observation=downsample(torch.zeros(2, 1, 4, 3, 3), 4))
     with pytest.raises(ValueError, match="does not match y"):
         sample(model, noise, sampling_angles(2), observation=downsample(torch.zeros(2, 1, 4, 1, 1), 2),
-               settings=SamplerSettings(guidance_weight=16.0))
+               settings=SamplerSettings(method="both", guidance_weight=16.0))
     ok = select_frames(torch.zeros(2, 1, 1, 4, 4), [0], 4)
     with pytest.raises(ValueError, match="guidance_weight"):
-        sample(model, noise, sampling_angles(2), observation=ok, settings=SamplerSettings(guidance_weight=-1))
+        sample(model, noise, sampling_angles(2), observation=ok, settings=SamplerSettings(method="both", guidance_weight=-1))
     with pytest.raises(ValueError, match="method"):
         sample(model, noise, sampling_angles(2), observation=ok,
                settings=SamplerSettings(method="inpaint", guidance_weight=16.0))
@@ -236,7 +236,7 @@ def test_each_guided_step_differentiates_a_fresh_leaf():
     seen = []
     out = sample(model, torch.randn(2, 1, 4, 2, 2, generator=_gen(10)), sampling_angles(4),
                  observation=select_frames(torch.zeros(2, 1, 1, 2, 2), [0], 4),
-                 callback=lambda i, n, x: seen.append(x.requires_grad), settings=SamplerSettings(guidance_weight=16.0))
+                 callback=lambda i, n, x: seen.append(x.requires_grad), settings=SamplerSettings(method="both", guidance_weight=16.0))
     assert inputs == [(True, True, True)] * 4  # a new leaf each step: the graph never spans steps
     assert seen == [False] * 4 and not out.requires_grad
 
@@ -272,7 +272,7 @@ def test_replacement_uses_fresh_noise_every_step_and_keeps_observed_frames():
 def test_replacement_broadcasts_a_single_observation_over_the_batch():
     y = torch.rand(1, 1, 1, 2, 2, generator=_gen(14)) * 2 - 1
     out = sample(CorrelatedGaussian(3, 0.9), torch.randn(4, 1, 3, 2, 2, generator=_gen(15)), sampling_angles(3),
-                 SamplerSettings(guidance_weight=2.0), observation=select_frames(y, [2], 3), generator=_gen(16))
+                 SamplerSettings(method="both", guidance_weight=2.0), observation=select_frames(y, [2], 3), generator=_gen(16))
     assert torch.equal(out[:, :, 2:], y.expand(4, -1, -1, -1, -1))
     assert not torch.allclose(out[0], out[1])
 

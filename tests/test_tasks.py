@@ -274,7 +274,7 @@ def test_auto_weight_is_the_jobs_own():
     so that guidance moves the new frames.)"""
     clip = rand_clip(f=3, h=6, w=5)
     model = CorrelatedGaussian(4, 0.9, 0.25)
-    kw = dict(window=4, steps=3, seed=1)
+    kw = dict(window=4, steps=3, seed=1, method="both")  # the method that has a weight
     ext = {w: tasks.extend(model, clip, 3, guidance_weight=w, **kw) for w in (None, 8.0, 16.0)}
     assert torch.equal(ext[None], ext[8.0]) and not torch.equal(ext[None], ext[16.0])
     gen = {w: tasks.generate(model, 7, 6, 5, guidance_weight=w, **kw) for w in (None, 8.0, 16.0)}

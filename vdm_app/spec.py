@@ -148,13 +148,15 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                  "shifted schedules (Wan, LTX-Video) leave new frames short of fine variation.", flag="--steps"),
             Input("eta", "FLOAT", "Fresh noise per step: 0 = deterministic DDIM, 1 = ancestral sampling.",
                   default=0.0, min=0.0, max=1.0, step=0.01, flag="--eta"),
-            Input("guidance_weight", "FLOAT", "Reconstruction guidance weight w_r: how hard the sample is pulled "
-                  "towards the known frames or pixels of the job. −1 (any negative value) = auto, the tuned weight "
+            Input("guidance_weight", "FLOAT", "Reconstruction guidance weight w_r of methods both and reconstruction: "
+                  "how hard the sample is pulled towards the known frames or pixels of the job (posterior and "
+                  "consistency need none). −1 (any negative value) = auto, the tuned weight "
                   "for the job: 8 for extend (and a long new clip's later windows), 16 for interpolate, 4·factor² for "
                   "upscaling by factor (16 at ×2, 64 at ×4). 0 turns guidance off.", default=AUTO_WEIGHT,
                   min=AUTO_WEIGHT, max=1000.0, step=0.5, flag="--guidance"),
-            Input("method", "COMBO", "How the job's known frames steer sampling: auto (default: posterior on a "
-                  "ComfyUI model, both on the pack's own models and for new clips), both (as in VDM: frames "
+            Input("method", "COMBO", "How the job's known frames steer sampling: auto (default: posterior for "
+                  "every job, both for a new clip; a third of posterior's time on large models: choose both or "
+                  "consistency there), both (as in VDM: frames "
                   "known exactly are replaced by noised copies and everything else is pulled by reconstruction "
                   "guidance; upscaled frames finally get the input's block averages exactly; pixels a ComfyUI "
                   "model sees through its VAE are also held as in consistency; every job), "

@@ -264,7 +264,7 @@ def run_window(model, caps: Capabilities, job: Job, settings: SamplerSettings, *
     extend = bool(job.new_frames)
     auto = auto_guidance_weight(s, extend)
     lat = sample_plan(model, caps, p, lat, lambda win: latent_observation(win, lat, space, known, device, auto),
-                      settings.for_job(s, extend, hosted=True), progress=progress, device=device)
+                      settings.for_job(s, extend), progress=progress, device=device)
     out = decoded(space, lat, shape[1])
     if extend:
         return with_context(out, clip)
@@ -277,7 +277,7 @@ def generate_latent(model, caps: Capabilities, frames: int, height: int, width: 
     """``tasks.generate`` for a latent model: ``[3, frames, height, width]`` decoded, windows extending the first
     (by a causal VAE's model in pixels, :func:`extend_in_windows`)."""
     frames, height, width = (whole(n, v, 1) for n, v in (("frames", frames), ("height", height), ("width", width)))
-    settings, space = settings.for_job(extend=True), caps.space
+    settings, space = settings.for_job(extend=True, new_clip=True), caps.space
     chained = space.causal and space.encode is not None
     first, chain = frames, []
     if chained:

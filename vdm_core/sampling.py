@@ -245,11 +245,14 @@ def sample(model, noise: Tensor, angles, settings: SamplerSettings = SamplerSett
     prediction at ``φ_0``, so the start holds the signal ``α_0·x`` the model expects, given what is observed
     (from noise alone, as ComfyUI's KSampler starts, an extension's far frames undershoot the conditional mean
     by 0.054 on the Gaussian oracle; tests/test_comfy_model.py). ``settings`` gives η, the method and ``w_r``
-    (resolved: ``SamplerSettings.for_job``; a method still auto is ``both`` here, where the job's model is not
-    known; its ``steps`` and ``seed`` are the caller's, who made ``angles`` and ``generator`` from them).
+    (resolved: ``SamplerSettings.for_job``; a method still auto is ``posterior`` with an observation and
+    ``both`` without, as ``for_job`` resolves it; its ``steps`` and ``seed`` are the caller's, who made ``angles`` and ``generator`` from them).
     ``generator`` drives every random draw (η-noise, replacement noise)."""
     phis = [float(p) for p in angles]
-    weight, method = 0.0, "both" if settings.method == AUTO_METHOD else settings.method
+    method = settings.method
+    if method == AUTO_METHOD:
+        method = "both" if observation is None else "posterior"
+    weight = 0.0
     iterations = settings.iterations
     if observation is not None:
         check_observation(observation, noise)

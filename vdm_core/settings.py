@@ -13,12 +13,14 @@ from numbers import Integral
 METHODS = ("reconstruction", "replacement", "both", "posterior", "consistency")
 """How an observation conditions sampling (``sampling.conditioned``)."""
 AUTO_METHOD = "auto"
-"""The default method, resolved for the job by :meth:`SamplerSettings.for_job`: ``posterior`` for a job on a model
-sampled in its host's session (Use ComfyUI Model), ``both`` otherwise (the pack's own models; new clips). On
-ComfyUI's grids ``both`` misses the exact conditional of Gaussian clips (slope error 0.15–0.68, spread up to 7×,
-contrast climbing to 1.17–2.27 over 8 windows) where ``posterior`` meets it, and on the trained tiny Wan posterior
-did better on every job of the v1 set; on the bundled model ``both`` leads on interpolation and long-extension
-colour at a third of the time (docs/benchmarks.md, "The default method")."""
+"""The default method, resolved for the job by :meth:`SamplerSettings.for_job`: ``posterior`` for every job (known
+frames or pixels), ``both`` for a new clip. On the exact Gaussian oracles ``both`` at its auto weight misses the
+conditional wherever it is not a simple one: on the pack's own grid the extension of slowly changing clips (ρ 0.97:
+slope error 0.12, contrast climbing to 1.22 over 8 windows) and of spatially smooth ones (0.14), the interpolation
+of smooth ones (0.21); on ComfyUI's grids every extension (0.15–0.68, spread up to 7×, contrast to 1.17–2.27).
+``posterior`` meets every one (≤ 0.035, contrast 0.92–1.02), at about three times ``both``'s time; on the bundled
+model it trails ``both`` on interpolation and long-extension colour, on the trained tiny Wan it leads on every v1
+job (docs/benchmarks.md, "The default method")."""
 CHOICES = (AUTO_METHOD, *METHODS)
 """What the front ends offer for ``method``."""
 DEFAULT_ITERATIONS = 4
@@ -91,13 +93,12 @@ class SamplerSettings:
         if self.method not in CHOICES:
             raise ValueError(f"method must be one of {', '.join(CHOICES)}, got {self.method!r}")
 
-    def for_job(self, factor: int = 1, extend: bool = False, hosted: bool = False) -> SamplerSettings:
+    def for_job(self, factor: int = 1, extend: bool = False, new_clip: bool = False) -> SamplerSettings:
         """These settings with auto resolved for a job whose frames are known at ``1/factor`` resolution, or
         for an extension (``extend``): the weight by :func:`auto_guidance_weight`, the method (:data:`AUTO_METHOD`)
-        to ``posterior`` where the job conditions a model sampled in its host's session (``hosted``), else to
-        ``both``. New clips pass ``hosted=False``: without an observation the method only picks the step grid,
-        and a host's own grid is the one its model was made for."""
-        method = ("posterior" if hosted else "both") if self.method == AUTO_METHOD else self.method
+        to ``posterior``, or to ``both`` for a ``new_clip`` (its later windows extend the first): without an
+        observation the method only picks the step grid, and a model's own grid is the one it was made for."""
+        method = ("both" if new_clip else "posterior") if self.method == AUTO_METHOD else self.method
         weight = auto_guidance_weight(factor, extend) if self.guidance_weight is None else self.guidance_weight
         return replace(self, method=method, guidance_weight=weight)
 

@@ -26,9 +26,8 @@ __all__ = ["Job", "SamplerSettings", "extend", "generate", "interpolate", "run",
 def run(model, job: Job, settings: SamplerSettings = SamplerSettings(), *, callback: Progress | None = None) -> Tensor:
     """Sample ``job`` with ``model``; returns a CPU float32 ``[C, F_out, H_out, W_out]`` clip in [-1, 1].
 
-    ``settings.method``: ``auto`` (``settings.AUTO_METHOD``: ``posterior`` on a model sampled in its host's
-    session, else ``both``) | ``reconstruction`` | ``replacement`` | ``both`` | ``posterior`` | ``consistency``
-    (``sampling.conditioned``). ``both`` (VDM's): frames known exactly are replaced every step and the rest
+    ``settings.method``: ``auto`` (``settings.AUTO_METHOD``: ``posterior``) | ``reconstruction`` | ``replacement``
+    | ``both`` | ``posterior`` | ``consistency`` (``sampling.conditioned``). ``both`` (VDM's): frames known exactly are replaced every step and the rest
     guided; frames known at low resolution are guided, then projected so their block means equal the input
     (``guidance.match_block_means``). Upscaling needs guidance (not ``replacement``). ``callback``: :data:`vdm_core.execution.Progress`.
     """
@@ -48,7 +47,7 @@ def run(model, job: Job, settings: SamplerSettings = SamplerSettings(), *, callb
         out[:, ::k] = clip
     low = clip if s > 1 else None
     return sample_plan(model, caps, p, out, lambda win: observation_of(win, out, low, k, s, device),
-                       settings.for_job(s, bool(job.new_frames), hosted=caps.run is not None), progress=callback,
+                       settings.for_job(s, bool(job.new_frames)), progress=callback,
                        device=device)
 
 
@@ -63,7 +62,7 @@ def run_unconditional(model, shape: tuple[int, int, int], settings: SamplerSetti
     elif caps.channels is not None and channels != caps.channels:
         raise ValueError(f"channels={channels} but the model makes {caps.channels}")
     frames, height, width = shape
-    settings = settings.for_job(extend=True)  # windows after the first extend it
+    settings = settings.for_job(extend=True, new_clip=True)  # windows after the first extend it
     device = device_of(caps, None)
     if caps.space is not None:
         return generate_latent(model, caps, frames, height, width, window=window, context=context, settings=settings,

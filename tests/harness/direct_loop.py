@@ -134,7 +134,7 @@ def wan_checks(args, node, mods, report):
     cancelling.config, cancelling.device = sm.config, sm.device
     try:
         with torch.inference_mode():
-            sm.run(lambda: sampling.sample(cancelling, noise, angles, sampling.SamplerSettings(guidance_weight=4.0),
+            sm.run(lambda: sampling.sample(cancelling, noise, angles, sampling.SamplerSettings(method="both", guidance_weight=4.0),
                                            observation=obs, clip=False), noise.shape, angles)
         cancelled = "not raised"
     except BaseException as e:  # noqa: BLE001 — 0.33's InterruptProcessingException is a BaseException
