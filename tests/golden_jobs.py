@@ -3,8 +3,9 @@
 The cases call the library's job API (``vdm_core.tasks``), whose signatures scripts rely on, so a
 refactoring of the sampler, the guidance or the windows cannot change what a job makes unnoticed.
 The extension cases name w_r 16, the auto weight of extension when the file was made (auto is 8 now), and
-the jobs name method ``both``, the default when it was made (auto is ``posterior`` for a job now), so the file
-still guards the sampler of ``both`` unchanged. ``python tests/golden_jobs.py`` rewrites
+the jobs and the two-window new clip name method ``both``, the default when it was made (auto is ``posterior``
+now wherever a window knows frames), so the file still guards the sampler of ``both`` unchanged.
+``python tests/golden_jobs.py`` rewrites
 ``tests/golden/jobs.safetensors`` (only do that for a deliberate change of behaviour, and say why in the
 commit); ``tests/test_golden.py`` compares.
 """
@@ -32,7 +33,8 @@ def cases() -> dict:
     """name -> job(model) returning a [C, F, H, W] clip."""
     return {
         "generate": lambda m: tasks.generate(m, 16, 16, 16, steps=6, seed=1),
-        "generate_two_windows": lambda m: tasks.generate(m, 24, 16, 16, steps=4, seed=2, guidance_weight=16.0),
+        "generate_two_windows": lambda m: tasks.generate(m, 24, 16, 16, steps=4, seed=2, guidance_weight=16.0,
+                                                                 method="both"),
         "extend": lambda m: tasks.extend(m, _clip(3), 8, steps=6, seed=1, guidance_weight=16.0, method="both"),
         "extend_two_windows_eta": lambda m: tasks.extend(m, _clip(4), 12, steps=4, eta=0.5, seed=3,
                                                         guidance_weight=16.0, method="both"),

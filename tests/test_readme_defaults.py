@@ -32,7 +32,7 @@ def cli_defaults(command: str) -> dict:
 def test_sampler_defaults_are_the_documented_ones():
     m = readme(r"`--dtype` \(`(\w+)`\), `--steps` \((\d+)\), `--eta` \((\d+)\).*?`--method`\s+\(`auto` \| "
                r"`reconstruction` \| `replacement` \| `both` \| `posterior` \| `consistency`; `(\w+)` by default: "
-               r"`posterior`\s+for a job, `both` for a new clip\), "
+               r"`posterior`\s+for a job and a long new clip's later windows, `both` for a new clip's first window\), "
                r"`--iterations` \((\d+);.*?`--seed` \((\d+)\)")
     dtype, steps, eta, method, seed = m.group(1), int(m.group(2)), float(m.group(3)), m.group(4), int(m.group(6))
     iterations = int(m.group(5))

@@ -289,7 +289,7 @@ def test_progress_counts_steps_moves_with_every_tile_and_an_exception_stops_the_
     clip = rand_clip(f=3, h=6, w=5)
     job = Job(clip, factor=2, window=2)  # 2 windows, 2×2 tiles of 8 on 12×10 frames
     steps, model = 3, Gaussian()
-    total = plan(capabilities(model), job).total_steps(steps)
+    total = len(plan(capabilities(model), job).windows) * steps
     assert total == 2 * steps
     reports = []
     tasks.run(model, job, SamplerSettings(steps=steps),

@@ -155,8 +155,9 @@ NODES: dict[str, Node] = {n.node_id: n for n in (
                   "upscaling by factor (16 at ×2, 64 at ×4). 0 turns guidance off.", default=AUTO_WEIGHT,
                   min=AUTO_WEIGHT, max=1000.0, step=0.5, flag="--guidance"),
             Input("method", "COMBO", "How the job's known frames steer sampling: auto (default: posterior for "
-                  "every job, both for a new clip; a third of posterior's time on large models: choose both or "
-                  "consistency there), both (as in VDM: frames "
+                  "every job and for a long new clip's later windows, both for a new clip's first window; both "
+                  "takes about a third of posterior's time, consistency less: choose them for the largest "
+                  "models), both (as in VDM: frames "
                   "known exactly are replaced by noised copies and everything else is pulled by reconstruction "
                   "guidance; upscaled frames finally get the input's block averages exactly; pixels a ComfyUI "
                   "model sees through its VAE are also held as in consistency; every job), "

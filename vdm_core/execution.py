@@ -8,6 +8,7 @@ clip on any device.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 from . import guidance, sampling
 from .contract import Capabilities
 from .planning import Plan, Window
-from .settings import SamplerSettings
+from .settings import SamplerSettings, resolved_method
 from .tiling import TiledModel
 
 Progress = Callable[[float, int, "Tensor | None"], None]
@@ -54,13 +55,14 @@ def sample_plan(model, caps: Capabilities, p: Plan, out: Tensor,
                 observe: Callable[[Window], guidance.Observation | None], settings: SamplerSettings, *,
                 progress: Progress | None, device) -> Tensor:
     """Sample ``p``'s windows in order into ``out`` (CPU ``[C, F, H, W]`` in the model's space, known frames
-    already in place) with ``settings`` (weight resolved); ``observe(window)`` is what a window knows. A model
-    sampled inside its host's session (``caps.run``) gets each window's sampling as ``fn`` with the window's
-    angle grid (``caps.angles`` for the method). Pixel models (``caps.clip_x``) have x̂ clipped to [-1, 1] and a
-    preview; latents neither."""
-    angles = caps.angles(settings.steps, settings.method)
-    steps = len(angles) - 1  # the grid's own count: a host's may differ from settings.steps
-    total = p.total_steps(steps)
+    already in place) with ``settings`` (weight resolved; an auto method resolved per window,
+    ``settings.resolved_method``: a new clip's first window knows nothing); ``observe(window)`` is what a window
+    knows. Each window samples on the grid of its method (``caps.angles``); a model sampled inside its host's
+    session (``caps.run``) gets each window's sampling as ``fn`` with that grid. Pixel models (``caps.clip_x``)
+    have x̂ clipped to [-1, 1] and a preview; latents neither."""
+    methods = [resolved_method(settings.method, bool(win.exact or win.low)) for win in p.windows]
+    grids = [caps.angles(settings.steps, m) for m in methods]
+    total = sum(len(g) - 1 for g in grids)  # the grids' own counts: a host's may differ from settings.steps
     at = [0]  # steps done before the current one, over the whole job
 
     def on_tile(done: int, tiles: int) -> None:
@@ -69,11 +71,11 @@ def sample_plan(model, caps: Capabilities, p: Plan, out: Tensor,
 
     net = TiledModel(model, p.rows, p.cols, on_tile) if p.tiles > 1 else model
     c, _, h, w = p.shape
-    for i, win in enumerate(p.windows):
+    first = 0
+    for i, (win, method, angles) in enumerate(zip(p.windows, methods, grids)):
         n = win.stop - win.start
         gen = torch.Generator().manual_seed(settings.seed + i)
         noise = torch.randn((1, c, n, h, w), generator=gen).to(device)
-        first = i * steps
 
         def step_done(step: int, _steps: int, x: Tensor, first=first) -> None:
             at[0] = first + step
@@ -84,10 +86,11 @@ def sample_plan(model, caps: Capabilities, p: Plan, out: Tensor,
         obs = observe(win)
 
         def window() -> Tensor:
-            return sampling.sample(net, noise, angles, settings, observation=obs, clip=caps.clip_x, generator=gen,
+            return sampling.sample(net, noise, angles, replace(settings, method=method), observation=obs, clip=caps.clip_x, generator=gen,
                                    callback=step_done)
 
         x = (window() if caps.run is None else caps.run(window, tuple(noise.shape), angles))[0].detach().float().cpu()
         x = x[:, [j - win.start for j in win.new]]
         out[:, list(win.new)] = x.clamp(-1, 1) if caps.clip_x else x
+        first += len(angles) - 1
     return out

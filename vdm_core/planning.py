@@ -119,10 +119,6 @@ class Plan:
     def tiles(self) -> int:
         return len(self.rows) * len(self.cols)
 
-    def total_steps(self, steps: int) -> int:
-        """Steps of the whole job, ``steps`` per window: the ``total`` its progress callback reports."""
-        return len(self.windows) * steps
-
 
 def spans(length: int, tile: int | None, overlap: int) -> tuple[tuple[int, int], ...]:
     """Cover ``[0, length)`` with spans of ``tile`` overlapping by at least ``overlap``, evenly spread.

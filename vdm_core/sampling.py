@@ -35,7 +35,7 @@ from torch import Tensor
 from .guidance import Observation, check_observation
 from .posterior import consistent, posterior, products_per_step
 from .schedule import PHI_MAX, eps_from_x, x_from_v
-from .settings import AUTO_METHOD, DEFAULT_ITERATIONS, METHODS, SamplerSettings
+from .settings import DEFAULT_ITERATIONS, METHODS, SamplerSettings, resolved_method
 
 Denoiser = Callable[[Tensor, float], Tensor]
 """``D(z, φ) → x̃``: the clean clip predicted from ``z`` at angle ``φ`` (float32, ``z``'s shape)."""
@@ -245,13 +245,11 @@ def sample(model, noise: Tensor, angles, settings: SamplerSettings = SamplerSett
     prediction at ``φ_0``, so the start holds the signal ``α_0·x`` the model expects, given what is observed
     (from noise alone, as ComfyUI's KSampler starts, an extension's far frames undershoot the conditional mean
     by 0.054 on the Gaussian oracle; tests/test_comfy_model.py). ``settings`` gives η, the method and ``w_r``
-    (resolved: ``SamplerSettings.for_job``; a method still auto is ``posterior`` with an observation and
-    ``both`` without, as ``for_job`` resolves it; its ``steps`` and ``seed`` are the caller's, who made ``angles`` and ``generator`` from them).
+    (resolved: ``SamplerSettings.for_job``; a method still auto is ``settings.resolved_method``'s: ``posterior``
+    with an observation, ``both`` without; its ``steps`` and ``seed`` are the caller's, who made ``angles`` and ``generator`` from them).
     ``generator`` drives every random draw (η-noise, replacement noise)."""
     phis = [float(p) for p in angles]
-    method = settings.method
-    if method == AUTO_METHOD:
-        method = "both" if observation is None else "posterior"
+    method = resolved_method(settings.method, observation is not None)
     weight = 0.0
     iterations = settings.iterations
     if observation is not None:

@@ -13,8 +13,8 @@ from numbers import Integral
 METHODS = ("reconstruction", "replacement", "both", "posterior", "consistency")
 """How an observation conditions sampling (``sampling.conditioned``)."""
 AUTO_METHOD = "auto"
-"""The default method, resolved for the job by :meth:`SamplerSettings.for_job`: ``posterior`` for every job (known
-frames or pixels), ``both`` for a new clip. On the exact Gaussian oracles at the nodes' 32 steps ``both`` at its
+"""The default method: ``posterior`` for every job (known frames or pixels; :meth:`SamplerSettings.for_job`) and for
+a long new clip's later windows, ``both`` for a new clip's first window (:func:`resolved_method`). On the exact Gaussian oracles at the nodes' 32 steps ``both`` at its
 auto weight misses the conditional mean of every extension and interpolation: on the pack's own grid by 0.12–0.24
 (slope error; slowly changing clips, ρ 0.97: spread 0.46–0.73, contrast climbing to 1.22 over 8 windows), on
 ComfyUI's by 0.15–0.68 (spread up to 7×, contrast to 1.17–2.27).
@@ -41,6 +41,15 @@ window adds contrast (1.13 rising to 1.26 over 8 windows at ρ 0.9, to 2.2 at ρ
 0.92–1.05 for ρ 0.8–0.95 (not for ρ 0.97: 1.22, where only method posterior holds), and the bundled model's
 colour drift over 8 windows falls from 9.6 to 6.9 (v1) and 40.7 to 10.4/255 (independent clips),
 docs/benchmarks.md "The auto weight of extension"."""
+
+
+def resolved_method(method: str, observed: bool) -> str:
+    """``method`` for one window: :data:`AUTO_METHOD` is ``posterior`` where the window knows something
+    (``observed``) and ``both`` where it knows nothing — the first window of a new clip, where the method only
+    picks the step grid, and a model's own grid (``both``'s) is the one it was made for."""
+    if method != AUTO_METHOD:
+        return method
+    return "posterior" if observed else "both"
 
 
 def auto_guidance_weight(factor: int = 1, extend: bool = False) -> float:
@@ -96,9 +105,9 @@ class SamplerSettings:
     def for_job(self, factor: int = 1, extend: bool = False, new_clip: bool = False) -> SamplerSettings:
         """These settings with auto resolved for a job whose frames are known at ``1/factor`` resolution, or
         for an extension (``extend``): the weight by :func:`auto_guidance_weight`, the method (:data:`AUTO_METHOD`)
-        to ``posterior``, or to ``both`` for a ``new_clip`` (its later windows extend the first): without an
-        observation the method only picks the step grid, and a model's own grid is the one it was made for."""
-        method = ("both" if new_clip else "posterior") if self.method == AUTO_METHOD else self.method
+        to ``posterior``. For a ``new_clip`` (its later windows extend the first) an auto method stays auto, to be
+        resolved per window by :func:`resolved_method`."""
+        method = self.method if new_clip or self.method != AUTO_METHOD else "posterior"
         weight = auto_guidance_weight(factor, extend) if self.guidance_weight is None else self.guidance_weight
         return replace(self, method=method, guidance_weight=weight)
 

@@ -55,7 +55,8 @@ def run_unconditional(model, shape: tuple[int, int, int], settings: SamplerSetti
                       channels: int | None = None, context: int | None = None, window: int | None = None,
                       tile: int | None = None, callback: Progress | None = None) -> Tensor:
     """An unconditional ``[C, F, H, W]`` clip of ``shape`` ``(F, H, W)``. Longer than a window: the first window
-    is unconditional, the rest extend it (``context`` known frames each); larger than a tile: tiled."""
+    is unconditional, the rest extend it (``context`` known frames each; method auto: ``both`` for the first, on
+    the model's own grid, ``posterior`` for the rest, ``settings.resolved_method``); larger than a tile: tiled."""
     caps = capabilities(model)
     if channels is None:
         channels = caps.channels or 3
