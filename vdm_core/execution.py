@@ -86,8 +86,8 @@ def sample_plan(model, caps: Capabilities, p: Plan, out: Tensor,
         obs = observe(win)
 
         def window() -> Tensor:
-            return sampling.sample(net, noise, angles, replace(settings, method=method), observation=obs, clip=caps.clip_x, generator=gen,
-                                   callback=step_done)
+            return sampling.sample(net, noise, angles, replace(settings, method=method), observation=obs,
+                                   clip=caps.clip_x, generator=gen, callback=step_done)
 
         x = (window() if caps.run is None else caps.run(window, tuple(noise.shape), angles))[0].detach().float().cpu()
         x = x[:, [j - win.start for j in win.new]]
