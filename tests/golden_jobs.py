@@ -5,9 +5,8 @@ refactoring of the sampler, the guidance or the windows cannot change what a job
 The extension cases name w_r 16, the auto weight of extension when the file was made (auto is 8 now), and
 the jobs and the two-window new clip name method ``both``, the default when it was made (auto is ``posterior``
 now wherever a window knows frames), so the file still guards the sampler of ``both`` unchanged.
-``python tests/golden_jobs.py`` rewrites
-``tests/golden/jobs.safetensors`` (only do that for a deliberate change of behaviour, and say why in the
-commit); ``tests/test_golden.py`` compares.
+``python tests/golden_jobs.py`` rewrites ``tests/golden/jobs.safetensors`` (only do that for a deliberate change
+of behaviour, and say why in the commit); ``tests/test_golden.py`` compares.
 """
 from __future__ import annotations
 

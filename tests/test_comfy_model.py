@@ -183,9 +183,10 @@ def test_posterior_extends_smooth_fields_on_wans_grid(pack):
 
 
 def test_the_default_method_holds_the_contrast_of_a_long_extension_on_wans_grid(pack):
-    """A clip of a slowly changing stationary prior (AR(1), ρ 0.97, std 0.25) extended by 8 windows (16 frames, 8
-    known) through a model on Wan's shift-8 grid at the nodes' defaults (method auto: posterior): every window's new frames keep 0.9–1.1 of the prior's contrast (measured 0.92–0.95; 'both' at
-    auto climbs to 1.49 there, benchmarks/comfy_grid_oracles.py --drift)."""
+    """A clip of a slowly changing stationary prior (AR(1), ρ 0.97, std 0.25) extended by 8 windows (16 frames, 8 known)
+    through a model on Wan's shift-8 grid at the nodes' defaults (method auto: posterior): every window's new frames
+    keep 0.9–1.1 of the prior's contrast (measured 0.92–0.95; 'both' at auto climbs to 1.49 there,
+    benchmarks/comfy_grid_oracles.py --drift)."""
     prior = oracle.CorrelatedGaussian(16, 0.97, 0.25)
     model = oracle_model(pack, prior, "flow_shift8")
     clip = prior.draw(1, 16, 16, seed=5)[0, :, :8]

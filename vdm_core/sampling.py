@@ -246,7 +246,8 @@ def sample(model, noise: Tensor, angles, settings: SamplerSettings = SamplerSett
     (from noise alone, as ComfyUI's KSampler starts, an extension's far frames undershoot the conditional mean
     by 0.054 on the Gaussian oracle; tests/test_comfy_model.py). ``settings`` gives η, the method and ``w_r``
     (resolved: ``SamplerSettings.for_job``; a method still auto is ``settings.resolved_method``'s: ``posterior``
-    with an observation, ``both`` without; its ``steps`` and ``seed`` are the caller's, who made ``angles`` and ``generator`` from them).
+    with an observation, ``both`` without; its ``steps`` and ``seed`` are the caller's, who made ``angles`` and
+    ``generator`` from them).
     ``generator`` drives every random draw (η-noise, replacement noise)."""
     phis = [float(p) for p in angles]
     method = resolved_method(settings.method, observation is not None)

@@ -14,13 +14,13 @@ METHODS = ("reconstruction", "replacement", "both", "posterior", "consistency")
 """How an observation conditions sampling (``sampling.conditioned``)."""
 AUTO_METHOD = "auto"
 """The default method: ``posterior`` for every job (known frames or pixels; :meth:`SamplerSettings.for_job`) and for
-a long new clip's later windows, ``both`` for a new clip's first window (:func:`resolved_method`). On the exact Gaussian oracles at the nodes' 32 steps ``both`` at its
-auto weight misses the conditional mean of every extension and interpolation: on the pack's own grid by 0.12–0.24
-(slope error; slowly changing clips, ρ 0.97: spread 0.46–0.73, contrast climbing to 1.22 over 8 windows), on
-ComfyUI's by 0.15–0.68 (spread up to 7×, contrast to 1.17–2.27).
-``posterior`` meets every one (≤ 0.05, contrast 0.92–1.08), at about three times ``both``'s time; on the bundled
-model it trails ``both`` on interpolation and long-extension colour, on the trained tiny Wan it leads on every v1
-job (docs/benchmarks.md, "The default for every job: posterior")."""
+a long new clip's later windows, ``both`` for a new clip's first window (:func:`resolved_method`). On the exact
+Gaussian oracles at the nodes' 32 steps ``both`` at its auto weight misses the conditional mean of every extension
+and interpolation: on the pack's own grid by 0.12–0.24 (slope error; slowly changing clips, ρ 0.97: spread
+0.46–0.73, contrast climbing to 1.22 over 8 windows), on ComfyUI's by 0.15–0.68 (spread up to 7×, contrast to
+1.17–2.27). ``posterior`` meets every one (≤ 0.05, contrast 0.92–1.08), at about three times ``both``'s time; on
+the bundled model it trails ``both`` on interpolation and long-extension colour, on the trained tiny Wan it leads
+on every v1 job (docs/benchmarks.md, "The default for every job: posterior")."""
 CHOICES = (AUTO_METHOD, *METHODS)
 """What the front ends offer for ``method``."""
 DEFAULT_ITERATIONS = 4

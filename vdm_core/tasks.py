@@ -27,9 +27,10 @@ def run(model, job: Job, settings: SamplerSettings = SamplerSettings(), *, callb
     """Sample ``job`` with ``model``; returns a CPU float32 ``[C, F_out, H_out, W_out]`` clip in [-1, 1].
 
     ``settings.method``: ``auto`` (``settings.AUTO_METHOD``: ``posterior``) | ``reconstruction`` | ``replacement``
-    | ``both`` | ``posterior`` | ``consistency`` (``sampling.conditioned``). ``both`` (VDM's): frames known exactly are replaced every step and the rest
-    guided; frames known at low resolution are guided, then projected so their block means equal the input
-    (``guidance.match_block_means``). Upscaling needs guidance (not ``replacement``). ``callback``: :data:`vdm_core.execution.Progress`.
+    | ``both`` | ``posterior`` | ``consistency`` (``sampling.conditioned``). ``both`` (VDM's): frames known
+    exactly are replaced every step and the rest guided; frames known at low resolution are guided, then projected
+    so their block means equal the input (``guidance.match_block_means``). Upscaling needs guidance (not
+    ``replacement``). ``callback``: :data:`vdm_core.execution.Progress`.
     """
     caps = capabilities(model)
     device = device_of(caps, job.clip.device)
@@ -47,8 +48,7 @@ def run(model, job: Job, settings: SamplerSettings = SamplerSettings(), *, callb
         out[:, ::k] = clip
     low = clip if s > 1 else None
     return sample_plan(model, caps, p, out, lambda win: observation_of(win, out, low, k, s, device),
-                       settings.for_job(s, bool(job.new_frames)), progress=callback,
-                       device=device)
+                       settings.for_job(s, bool(job.new_frames)), progress=callback, device=device)
 
 
 def run_unconditional(model, shape: tuple[int, int, int], settings: SamplerSettings = SamplerSettings(), *,
