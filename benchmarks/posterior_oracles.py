@@ -20,8 +20,8 @@ contrast (std of its new frames / the prior's).
     python benchmarks/posterior_oracles.py                       # the defaults below
     python benchmarks/posterior_oracles.py --rho 0.8 --iterations 1 2 3 4 8
 
-Methods: ``both`` at each ``--weights`` w_r, ``posterior`` at each ``--iterations``, ``consistency`` and
-``replacement`` (extension and interpolation only).
+Methods (``--methods``, all by default): ``both`` at each ``--weights`` w_r, ``posterior`` at each ``--iterations``,
+``consistency`` and ``replacement`` (extension and interpolation only).
 """
 from __future__ import annotations
 
@@ -60,6 +60,8 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, nargs="+", default=[1, 2, 3, 4])
     ap.add_argument("--weights", type=float, nargs="+", default=[4.0, 16.0], help="w_r of method both")
     ap.add_argument("--jobs", nargs="+", default=["extend", "interpolate", "upscale2", "drift"])
+    ap.add_argument("--methods", nargs="+", default=["both", "posterior", "consistency", "replacement"],
+                    choices=["both", "posterior", "consistency", "replacement"])
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model = (SeparableGaussian(16, args.rho, args.std, args.size, args.length) if args.length
@@ -70,6 +72,7 @@ def main(argv=None):
     methods = [("both", dict(guidance_weight=w), f"both w_r {w:g}") for w in args.weights]
     methods += [("posterior", dict(iterations=k), f"posterior {k} it.") for k in args.iterations]
     methods += [("consistency", {}, "consistency"), ("replacement", {}, "replacement")]
+    methods = [m for m in methods if m[0] in args.methods]
     for name in (j for j in args.jobs if j != "drift" and not (args.length and j == "upscale2")):
         print(f"| {name} | worst slope error (per seed) | variance ratio range | s |\n| --- | --- | --- | --- |")
         for method, kw, label in methods:
@@ -93,6 +96,7 @@ def main(argv=None):
         runs += [("both (auto)", dict(method="both"))]
         runs += [(f"posterior, {k} it.", dict(method="posterior", iterations=k)) for k in args.iterations]
         runs += [("consistency", dict(method="consistency"))]
+        runs = [r for r in runs if r[1]["method"] in args.methods]
         for label, kw in runs:
             out = tasks.extend(model, clip, 64, window=16, seed=3, **kw)
             contrast = [out[:, 8 + 8 * w:16 + 8 * w].std().item() / args.std for w in range(8)]

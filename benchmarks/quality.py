@@ -188,7 +188,8 @@ def main(argv=None):
              f"Model: {args.model or 'bundled'} ({cfg.frames} frames × {cfg.resolution}², "
              f"{model.training_info.get('steps')} training steps, data: {model.training_info.get('data')}). "
              f"Test sets: " + "; ".join(f"{ts.name}: {ts.description}" for ts in sets) + ". "
-             f"Samples per clip: {args.samples}, DDIM η = 0, {args.steps} steps; methods posterior and consistency: "
+             f"Samples per clip: {args.samples}, DDIM η = 0 (posterior: DPM-Solver++(2M)), {args.steps} steps; "
+             f"methods posterior and consistency: "
              f"{args.iterations} solver iterations. "
              f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads.", ""]
     print("\n".join(lines), flush=True)

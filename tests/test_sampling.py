@@ -126,6 +126,43 @@ def test_gaussian_data_has_the_right_mean_and_std(eta, steps):
     assert abs(out.std().item() - sd) < 4 * sd / math.sqrt(2 * n) + 0.005 * sd
 
 
+def _flow_error(second_order, steps):
+    """Relative max error of :func:`ddim` on Gaussian data (std 0.25, exact denoiser) against the exact
+    probability-flow ODE on a grid uniform in ``λ = −log tan φ`` from −4 to 4: the flow scales ``z`` by
+    ``sqrt((α²s² + σ²)/(α_0²s² + σ_0²))``, and the returned ``x̂`` at the last evaluated angle is ``α s²/(α²s² + σ²)``
+    times that."""
+    s2 = 0.25 ** 2
+    z0 = torch.linspace(-2, 2, 64).reshape(1, 1, 4, 4, 4)
+    phis = [math.atan(math.exp(-lam / 2)) for lam in torch.linspace(-4, 4, steps + 1, dtype=D).tolist()]
+    out = ddim(lambda z, phi: x_from_gaussian(z, phi, s2), z0, phis, second_order=second_order)
+    a0, g0, a, g = math.cos(phis[0]), math.sin(phis[0]), math.cos(phis[-2]), math.sin(phis[-2])
+    exact = z0 * math.sqrt((a * a * s2 + g * g) / (a0 * a0 * s2 + g0 * g0)) * a * s2 / (a * a * s2 + g * g)
+    return ((out - exact).abs().max() / exact.abs().max()).item()
+
+
+def x_from_gaussian(z, phi, s2):
+    """Exact ``E[x | z]`` for data ``x ~ N(0, s2)`` per element at angle ``phi``."""
+    a, g = math.cos(phi), math.sin(phi)
+    return a * s2 / (a * a * s2 + g * g) * z
+
+
+def test_second_order_sampling_converges_at_second_order():
+    """DDIM (η = 0) is the first-order exponential integrator of the probability-flow ODE: doubling the steps halves
+    its error. ``second_order`` (DPM-Solver++(2M), the sampler of method posterior) at least quarters it (measured
+    6.4–6.9× from 16 to 64 steps; DDIM 1.8–1.9×), and at 32 steps its error is below a twentieth of DDIM's
+    (measured 1/55)."""
+    first = [_flow_error(False, n) for n in (16, 32, 64)]
+    second = [_flow_error(True, n) for n in (16, 32, 64)]
+    assert all(1.5 < a / b < 2.5 for a, b in zip(first, first[1:])), first
+    assert all(a / b > 4 for a, b in zip(second, second[1:])), second
+    assert second[1] < first[1] / 20, (first, second)
+
+
+def test_second_order_sampling_needs_eta_zero():
+    with pytest.raises(ValueError, match="eta 0"):
+        ddim(lambda z, phi: z, torch.zeros(1, 1, 1, 2, 2), sampling_angles(4), eta=1.0, second_order=True)
+
+
 def test_clipped_and_unclipped_paths_agree_when_nothing_is_clipped():
     noise = torch.randn(2, 1, 3, 8, 8, generator=_gen(14))
     model = gaussian_model(0.0, 0.1**2)  # x̂ stays well inside [-1, 1]

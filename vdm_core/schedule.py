@@ -56,10 +56,12 @@ def sampling_angles(steps: int, device=None, power: int = 1) -> Tensor:
 
 POSTERIOR_POWER = 2
 """The grid of method ``posterior`` on the pack's own models. Its per-step update is exact for Gaussian data, so
-DDIM's discretisation is its remaining error: uniform in φ, 32 steps shrink the spread of new frames (content of
-std ``s`` takes shape near ``tan φ ≈ s``, one or two steps there) to 0.72–0.88 of the exact conditional's on the
-AR(1) extension oracle, 0.87–0.92 with power 2 (docs/benchmarks.md, "The posterior method's grid"). The other
-methods keep the uniform grid their auto weights were tuned on."""
+the ODE solver's discretisation is its remaining error: with DDIM, uniform in φ, 32 steps shrink the spread of new
+frames (content of std ``s`` takes shape near ``tan φ ≈ s``, one or two steps there) to 0.72–0.88 of the exact
+conditional's on the AR(1) extension oracle, 0.87–0.92 with power 2 (docs/benchmarks.md, "The posterior method's
+grid"); posterior steps it with DPM-Solver++(2M) (``sampling.ddim``'s ``second_order``): 1.01–1.04 there, 0.87–1.19
+over the oracles of docs/benchmarks.md, "Second-order steps for posterior" (DDIM 0.74–0.92). The other methods keep
+the uniform grid their auto weights were tuned on."""
 
 
 LOW_NOISE_RATIO = 0.75
@@ -70,7 +72,8 @@ lowest level lies above it is evaluated there, ``external.SigmaModel``). Shifted
 high noise and stop far from σ = 0 (Wan's shift 8 at 32 steps: last angle 0.26, two steps below 0.5), where a new
 frame's spread takes shape; the posterior's new frames kept 0.26–0.55 of the exact conditional's variance on the
 AR(1) extension oracle there, 0.85–0.87 on the filled grid (docs/benchmarks.md, "The posterior method on a host's
-grid")."""
+grid"), 0.92–1.04 with DPM-Solver++(2M) steps through the real ComfyUI for every prediction type (docs/benchmarks.md,
+"Second-order steps for posterior")."""
 
 
 def filled(angles: list[float]) -> list[float]:
