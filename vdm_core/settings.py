@@ -18,9 +18,10 @@ a long new clip's later windows, ``both`` for a new clip's first window (:func:`
 Gaussian oracles at the nodes' 32 steps ``both`` at its auto weight misses the conditional mean of every extension
 and interpolation: on the pack's own grid by 0.12–0.24 (slope error; slowly changing clips, ρ 0.97: spread
 0.46–0.73, contrast climbing to 1.22 over 8 windows), on ComfyUI's by 0.15–0.68 (spread up to 7×, contrast to
-1.17–2.27). ``posterior`` meets every one (≤ 0.05, contrast 0.92–1.08), at about three times ``both``'s time; on
-the bundled model it trails ``both`` on interpolation and long-extension colour, on the trained tiny Wan it leads
-on every v1 job (docs/benchmarks.md, "The default for every job: posterior")."""
+1.17–2.27). ``posterior`` meets every one (≤ 0.05, spread 0.87–1.10 with its second-order steps, contrast
+0.98–1.10), at about three times ``both``'s time; on the bundled model it trails ``both`` on interpolation and
+long-extension colour, on the trained tiny Wan it leads on every v1 job (docs/benchmarks.md, "The default for every
+job: posterior" and "Second-order steps for posterior")."""
 CHOICES = (AUTO_METHOD, *METHODS)
 """What the front ends offer for ``method``."""
 DEFAULT_ITERATIONS = 4
@@ -73,9 +74,9 @@ def whole(name: str, value, minimum: int, hint: str = "") -> int:
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """``steps`` DDIM steps per window; ``eta`` fresh noise per step (0: deterministic DDIM, 1: ancestral);
-    ``guidance_weight`` ``w_r`` of reconstruction guidance (≥ 0; None: auto, :func:`auto_guidance_weight`);
-    ``method`` one of :data:`CHOICES` (auto: :data:`AUTO_METHOD`); ``seed`` of all noise (window ``i`` draws from
+    """``steps`` DDIM steps per window; ``eta`` fresh noise per step (0: deterministic DDIM, second-order for method
+    posterior, ``sampling.sample``; 1: ancestral); ``guidance_weight`` ``w_r`` of reconstruction guidance (≥ 0;
+    None: auto, :func:`auto_guidance_weight`); ``method`` one of :data:`CHOICES` (auto: :data:`AUTO_METHOD`); ``seed`` of all noise (window ``i`` draws from
     ``seed + i``); ``iterations`` of methods ``posterior`` and ``consistency``, and of ``both``'s data consistency
     through a decoder (≥ 1)."""
 
