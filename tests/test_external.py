@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vdm_core import guidance, latent_jobs, sampling, tasks
+from vdm_core.contract import capabilities
 from vdm_core.planning import Job
 from vdm_core.data import sprite_batch
 from vdm_core.settings import SamplerSettings, auto_guidance_weight
@@ -108,10 +109,11 @@ class ToyVAE:
                            time=4, scale=2, causal=True)
 
 
-def latent_model(frames=None, seed=0, log=None):
-    """A SigmaModel of the latent prior N(0, Σ) over latent frames (flow coordinates), in ToyVAE's space;
-    ``log`` collects each session's latent shape and noise levels; the session hands the window its denoiser."""
-    kind = flow(3.0)
+def latent_model(frames=None, seed=0, log=None, shift=3.0):
+    """A SigmaModel of the latent prior N(0, Σ) over latent frames (flow coordinates with ``shift``), in ToyVAE's
+    space; ``log`` collects each session's latent shape and noise levels; the session hands the window its
+    denoiser."""
+    kind = flow(shift)
 
     def denoise(x, sigma):
         a, b = kind["scaling"](float(sigma[0]))
@@ -308,6 +310,23 @@ def test_latent_extension_goes_window_by_window_from_encoded_frames():
     assert [i for i, _ in steps] == sorted(i for i, _ in steps)
     new = out[:, 9:].unflatten(1, (3, 8))
     assert not torch.allclose(new[:, 1] - new[:, 1].mean(), new[:, 2] - new[:, 2].mean())  # own noise per window
+
+
+def test_progress_of_a_latent_window_chain_reaches_its_end():
+    """Each window of a latent extension samples on its method's grid, and posterior's, filled at low noise on a host,
+    may take fewer steps than asked: every window's progress is scaled to its share, so the reports never go back, keep
+    one total and the last reaches it (before, each window stopped short of its share and the bar of the job ended
+    short of its total)."""
+    model = latent_model(frames=4, shift=8.0)  # Wan's shift: 33 steps asked, its filled grid takes 32
+    grid = len(capabilities(model).angles(33, "posterior")) - 1
+    assert grid == 32
+    reports = []
+    out = tasks.extend(model, clip_of(9), 24, steps=33, seed=1, iterations=1,
+                       callback=lambda d, t, _x: reports.append((d, t)))
+    assert out.shape == (3, 33, 8, 8)
+    assert len(reports) == 3 * grid and {t for _, t in reports} == {3 * 33}
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports) and reports[-1][0] == 3 * 33
+    assert [d for d, _ in reports][grid - 1::grid] == [33, 66, 99]  # each window ends at its share
 
 
 def test_latent_generation_longer_than_a_window_extends_its_first_window():

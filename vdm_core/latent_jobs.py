@@ -197,10 +197,16 @@ def window_chain(space: LatentSpace, caps: Capabilities, made: int, total: int, 
 
 
 def counted(progress: Progress | None, first: int, count: int, steps: int) -> Progress | None:
-    """``progress`` of one window's sampling (``steps`` steps) reported as window ``first`` of ``count``."""
+    """``progress`` of one window's sampling reported as window ``first`` of ``count``, each ``steps`` units wide:
+    the window's own ``done`` of ``total`` (its grids' steps, which may differ from ``steps``: posterior's filled grid
+    on a host) scaled to them, so each window ends where the next begins and the last at ``count·steps``."""
     if progress is None:
         return None
-    return lambda done, _total, preview: progress(first * steps + done, count * steps, preview)
+
+    def report(done, total, preview):
+        progress(first * steps + done * steps / max(total, 1), count * steps, preview)
+
+    return report
 
 
 def extend_in_windows(model, caps: Capabilities, clip: Tensor, chain: list[tuple[int, int]],
