@@ -20,8 +20,9 @@ and interpolation: on the pack's own grid by 0.12–0.24 (slope error; slowly ch
 0.46–0.73, contrast climbing to 1.22 over 8 windows), on ComfyUI's by 0.15–0.68 (spread up to 7×, contrast to
 1.17–2.27). ``posterior`` meets every one (≤ 0.05, spread 0.87–1.10 with its second-order steps, contrast
 0.98–1.10), at about three times ``both``'s time; on the bundled model it trails ``both`` on interpolation and
-long-extension colour, on the trained tiny Wan it leads on every v1 job (docs/benchmarks.md, "The default for every
-job: posterior" and "Second-order steps for posterior")."""
+long-extension colour, on the trained tiny Wan it leads on interpolation and upscaling of the v1 clips and is within
+0.1 dB on extension (docs/benchmarks.md, "The default for every job: posterior" and "Second-order steps for
+posterior")."""
 CHOICES = (AUTO_METHOD, *METHODS)
 """What the front ends offer for ``method``."""
 DEFAULT_ITERATIONS = 4
