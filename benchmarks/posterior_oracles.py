@@ -40,6 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from oracle import CorrelatedGaussian, SeparableGaussian, frame_fit, job  # noqa: E402  (tests/ is not a package)
 
 
+METHODS = ("both", "posterior", "consistency", "replacement")
+"""What ``--methods`` can pick (all by default)."""
+
+
 def run(model, x, obs, method, steps, seed, **kw):
     phis = capabilities(model).angles(steps, method)  # the grid tasks sample this method on
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
@@ -60,8 +64,7 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, nargs="+", default=[1, 2, 3, 4])
     ap.add_argument("--weights", type=float, nargs="+", default=[4.0, 16.0], help="w_r of method both")
     ap.add_argument("--jobs", nargs="+", default=["extend", "interpolate", "upscale2", "drift"])
-    ap.add_argument("--methods", nargs="+", default=["both", "posterior", "consistency", "replacement"],
-                    choices=["both", "posterior", "consistency", "replacement"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model = (SeparableGaussian(16, args.rho, args.std, args.size, args.length) if args.length

@@ -398,6 +398,7 @@ def test_extension_through_the_job_keeps_the_spread_at_the_default_steps():
     slopes, ratios = frame_fit(out[None, :, 8:], mean, var)
     assert max(abs(s - 1) for s in slopes) <= 0.05 and 0.9 <= min(ratios) and max(ratios) <= 1.1, (slopes, ratios)
 
+
 def test_fine_content_keeps_its_spread_at_the_default_steps():
     """Content of small std (the AR(1) extension at std 0.05: the new frames' conditional std 0.02–0.05) takes shape
     at low noise, where the steps of posterior's power-2 grid grow in ``λ``: there DDIM's 32 steps keep 0.75–0.85 of

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vdm_core import schedule as S
-from vdm_core.sampling import ddim, ddim_coefficients, ddim_step, sample
+from vdm_core.sampling import ddim, ddim_coefficients, ddim_step, predict_x, sample
 from vdm_core.settings import SamplerSettings
 from vdm_core.schedule import sampling_angles
 
@@ -134,16 +134,10 @@ def _flow_error(second_order, steps):
     s2 = 0.25 ** 2
     z0 = torch.linspace(-2, 2, 64).reshape(1, 1, 4, 4, 4)
     phis = [math.atan(math.exp(-lam / 2)) for lam in torch.linspace(-4, 4, steps + 1, dtype=D).tolist()]
-    out = ddim(lambda z, phi: x_from_gaussian(z, phi, s2), z0, phis, second_order=second_order)
+    out = ddim(predict_x(gaussian_model(0.0, s2)), z0, phis, second_order=second_order)
     a0, g0, a, g = math.cos(phis[0]), math.sin(phis[0]), math.cos(phis[-2]), math.sin(phis[-2])
     exact = z0 * math.sqrt((a * a * s2 + g * g) / (a0 * a0 * s2 + g0 * g0)) * a * s2 / (a * a * s2 + g * g)
     return ((out - exact).abs().max() / exact.abs().max()).item()
-
-
-def x_from_gaussian(z, phi, s2):
-    """Exact ``E[x | z]`` for data ``x ~ N(0, s2)`` per element at angle ``phi``."""
-    a, g = math.cos(phi), math.sin(phi)
-    return a * s2 / (a * a * s2 + g * g) * z
 
 
 def test_second_order_sampling_converges_at_second_order():

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .guidance import Observation, check_observation
 from .posterior import consistent, posterior, products_per_step
-from .schedule import PHI_MAX, eps_from_x, x_from_v
+from .schedule import PHI_MAX, eps_from_x, logsnr_of_phi, x_from_v
 from .settings import DEFAULT_ITERATIONS, METHODS, SamplerSettings, resolved_method
 
 Denoiser = Callable[[Tensor, float], Tensor]
@@ -98,7 +98,7 @@ def ddim(denoiser: Denoiser, z: Tensor, angles, *, eta: float = 0.0, generator: 
     if second_order and eta > 0:
         raise ValueError(f"second_order sampling is deterministic: it needs eta 0, got {eta}")
     steps = len(phis) - 1
-    lam = [-math.log(math.tan(p)) for p in phis]
+    lam = logsnr_of_phi(torch.tensor(phis, dtype=torch.float64)).tolist()  # r_i is a ratio: log-SNR = 2λ will do
     x_prev = None
     for i, (phi_t, phi_s) in enumerate(zip(phis, phis[1:])):
         try:
